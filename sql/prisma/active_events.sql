@@ -1,0 +1,54 @@
+-- Active events for an existing Prisma-style schema ("Event", "Bet"), one row per outcome.
+-- Select it with ACTIVE_EVENTS_SQL=sql/prisma/active_events.sql. Same result columns as
+-- sql/active_events.sql (documented in sql/README.md).
+--
+-- Mapping:
+--   outcomes        YES and NO, with "yesOdds" / "noOdds" as the external prices
+--   liquidity       "externalVolume" (NULL means 1,000,000)
+--   pending_volume  sum of "Bet".amount with status 'PENDING', grouped by option; a negative
+--                   amount marks the outcome's volume as -1 so the event is suspended
+--   start_time      "startTime" is Prisma's DateTime (timestamp(3) without time zone, in UTC)
+--
+-- Bets are summed only for active events, so the cost follows the active set; an index on
+-- "Bet" ("eventId") keeps it so.
+WITH active AS (
+    SELECT e.*
+      FROM "Event" e
+     WHERE e.status = 'ACTIVE'
+       AND ((e.sport IS NOT NULL AND btrim(e.sport) <> '') OR COALESCE(e."isEsports", false))
+       AND e."eventType" IN ('live', 'upcoming')
+       AND COALESCE(e."gameStatus", '') NOT IN ('finished', 'cancelled')
+       AND e."teamA" IS NOT NULL AND btrim(e."teamA") NOT IN ('', 'Team A', 'Team B')
+       AND e."teamB" IS NOT NULL AND btrim(e."teamB") NOT IN ('', 'Team A', 'Team B')
+), volume AS (
+    SELECT b."eventId"                                   AS event_id,
+           b.option                                      AS outcome,
+           CASE WHEN min(b.amount) < 0 THEN -1
+                ELSE sum(b.amount) END::float8           AS amount
+      FROM "Bet" b
+      JOIN active a ON a.id = b."eventId"
+     WHERE b.status = 'PENDING'
+     GROUP BY b."eventId", b.option
+)
+SELECT a.id::text                          AS event_id,
+       a.title::text                       AS title,
+       a.sport::text                       AS sport,
+       a.league::text                      AS league,
+       a."teamA"::text                     AS team_a,
+       a."teamB"::text                     AS team_b,
+       COALESCE(a."isEsports", false)      AS is_esports,
+       COALESCE(a.live, false)             AS live,
+       a."gameStatus"::text                AS game_status,
+       a.score::text                       AS score,
+       a.period::text                      AS period,
+       a.elapsed::text                     AS elapsed,
+       a."startTime" AT TIME ZONE 'UTC'    AS start_time,
+       a."externalVolume"::float8          AS liquidity,
+       o.name                              AS outcome_name,
+       o.price                             AS outcome_price,
+       COALESCE(v.amount, 0)::float8       AS pending_volume
+  FROM active a
+ CROSS JOIN LATERAL (VALUES ('YES', a."yesOdds"::float8, 0),
+                            ('NO',  a."noOdds"::float8,  1)) AS o (name, price, position)
+  LEFT JOIN volume v ON v.event_id = a.id AND v.outcome = o.name
+ ORDER BY COALESCE(a.live, false) DESC, a."startTime" ASC NULLS LAST, a.id, o.position

@@ -1,0 +1,253 @@
+//! Wiring: builds the pieces a subcommand needs, binds the listener, runs until SIGTERM or
+//! Ctrl-C, then shuts down within `SHUTDOWN_TIMEOUT_MS`.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Command, Config};
+use crate::publisher::control::{self, ControlState};
+use crate::publisher::{Leader, PublisherHandle, Scheduler, Source};
+use crate::{bus, db, http, sim, telemetry};
+
+/// Which halves of the service this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub publisher: bool,
+    pub broadcaster: bool,
+    pub simulator: bool,
+}
+
+/// Runs one subcommand to completion.
+pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { simulate } => {
+            serve(
+                config,
+                Roles {
+                    publisher: true,
+                    broadcaster: true,
+                    simulator: simulate,
+                },
+            )
+            .await
+        }
+        Command::Publisher => {
+            serve(
+                config,
+                Roles {
+                    publisher: true,
+                    broadcaster: false,
+                    simulator: false,
+                },
+            )
+            .await
+        }
+        Command::Broadcaster => {
+            serve(
+                config,
+                Roles {
+                    publisher: false,
+                    broadcaster: true,
+                    simulator: false,
+                },
+            )
+            .await
+        }
+        Command::Migrate => {
+            let pool = connect_now(&config).await?;
+            db::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Seed { reset } => {
+            let pool = connect_now(&config).await?;
+            let summary =
+                sim::seed::seed(&pool, config.seed_events, config.seed_random, reset).await?;
+            tracing::info!(
+                events = summary.events,
+                outcomes = summary.outcomes,
+                bets = summary.bets,
+                "demo data seeded"
+            );
+            Ok(())
+        }
+        Command::Simulate => {
+            let pool = connect_now(&config).await?;
+            let cancel = shutdown_signal();
+            sim::simulate::run(pool, sim_settings(&config), cancel).await;
+            Ok(())
+        }
+    }
+}
+
+fn sim_settings(config: &Config) -> sim::simulate::Settings {
+    sim::simulate::Settings {
+        interval: config.sim_interval(),
+        changes: config.sim_changes,
+        random_seed: config.seed_random,
+    }
+}
+
+/// A pool for one-shot commands, which should fail fast when the database is unreachable.
+async fn connect_now(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    let options = db::connect_options(&config.database_url).await?;
+    let pool = db::lazy_pool(options, config.database_max_connections);
+    sqlx::query("SELECT 1")
+        .execute(&pool)
+        .await
+        .with_context(|| format!("Failed to connect to PostgreSQL at {}", config.database_url))?;
+    Ok(pool)
+}
+
+/// Cancelled on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutdown requested");
+        trigger.cancel();
+    });
+    token
+}
+
+/// The long-running modes: publisher and/or broadcaster, HTTP, optional simulator.
+async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let metrics = telemetry::metrics_handle()?;
+    let params = config.odds_params()?;
+    let cancel = shutdown_signal();
+    let tracker = TaskTracker::new();
+
+    let health_redis = bus::connection(&config.redis_url)?;
+    let mut router = axum::Router::new();
+    let mut pool = None;
+    let mut publisher_handle = None;
+
+    if roles.publisher || roles.simulator {
+        let options = db::connect_options(&config.database_url).await?;
+        pool = Some((
+            db::lazy_pool(options.clone(), config.database_max_connections),
+            options,
+        ));
+    }
+
+    if roles.publisher {
+        let Some((pool, options)) = pool.clone() else {
+            anyhow::bail!("the publisher needs a database pool");
+        };
+        let source = Source::new(
+            pool.clone(),
+            config.active_events_sql.as_deref(),
+            config.max_events,
+        )?;
+        let handle = PublisherHandle::new(config.tick_interval());
+        let scheduler = Scheduler {
+            source,
+            bus: bus::OddsBus::new(
+                bus::connection(&config.redis_url)?,
+                config.odds_channel.clone(),
+            ),
+            leader: Leader::new(
+                options,
+                config.leader_lock_key(),
+                config.odds_channel.clone(),
+            ),
+            params,
+            handle: handle.clone(),
+            interval: config.tick_interval(),
+            heartbeat: config.heartbeat_interval(),
+            tick_timeout: config.tick_timeout(),
+            autostart: config.publisher_autostart,
+        };
+        tracker.spawn(scheduler.run(cancel.clone()));
+        router = router.merge(control::router(ControlState {
+            pool,
+            channel: config.odds_channel.clone(),
+            token: config.control_token.clone(),
+            handle: handle.clone(),
+            autostart: config.publisher_autostart,
+        }));
+        publisher_handle = Some(handle);
+    }
+
+    if roles.broadcaster {
+        tracing::warn!(
+            "the WebSocket broadcaster is not built yet (issue 3); serving the publisher only"
+        );
+    }
+
+    if roles.simulator {
+        if let Some((pool, _)) = pool.clone() {
+            tracker.spawn(sim::simulate::run(
+                pool,
+                sim_settings(&config),
+                cancel.clone(),
+            ));
+        }
+    }
+
+    router = router.merge(http::router(http::HealthState {
+        started,
+        metrics,
+        pool: pool.map(|(p, _)| p),
+        redis: health_redis,
+        publisher: publisher_handle,
+    }));
+
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("Failed to listen on {}", config.listen_addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, channel = %config.odds_channel, publisher = roles.publisher, broadcaster = roles.broadcaster, simulator = roles.simulator, "listening");
+
+    let server_cancel = cancel.clone();
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { server_cancel.cancelled().await });
+    let server = tracker.spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracker.close();
+
+    cancel.cancelled().await;
+    let deadline = config.shutdown_timeout();
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?deadline,
+            "shutdown took too long; abandoning remaining tasks"
+        );
+        server.abort();
+    }
+    tracing::info!("bye");
+    Ok(())
+}

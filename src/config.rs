@@ -1,0 +1,294 @@
+//! One configuration struct for every subcommand.
+//!
+//! Every option is a `--flag` and an environment variable of the same name (a `.env` file in
+//! the working directory is honoured). The doc comment of each field is its `--help` text and
+//! its line in the README's configuration table.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+
+use crate::odds::OddsParams;
+
+/// oddsfeed: sports odds from PostgreSQL to browsers, through Redis.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "oddsfeed", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Publisher and broadcast server in one process (the default deployment).
+    Serve {
+        /// Also run the demo simulator in this process.
+        #[arg(long, env = "SIMULATE", action = ArgAction::Set, default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+        simulate: bool,
+    },
+    /// Only the scheduler, its HTTP control API, /health and /metrics.
+    Publisher,
+    /// Only the WebSocket broadcast server, /health and /metrics.
+    Broadcaster,
+    /// Apply migrations/ to DATABASE_URL.
+    Migrate,
+    /// Insert the demo data set (several sports, live and upcoming events, bets).
+    Seed {
+        /// Delete existing events, outcomes and bets first.
+        #[arg(long, action = ArgAction::SetTrue)]
+        reset: bool,
+    },
+    /// Keep the demo data moving until interrupted.
+    Simulate,
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// PostgreSQL URL. The default falls back to the local Unix socket when TCP is refused.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://localhost/oddsfeed",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Largest number of pooled PostgreSQL connections (the leader lock uses one more).
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub database_max_connections: u32,
+
+    /// Redis URL for the odds channel, the state keys and the bridged channels.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    pub redis_url: String,
+
+    /// Address the HTTP/WebSocket server listens on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "LISTEN_ADDR",
+        default_value = "0.0.0.0:3001",
+        global = true
+    )]
+    pub listen_addr: SocketAddr,
+
+    /// Redis channel the publisher sends odds on; the state keys are named after it.
+    #[arg(
+        long,
+        env = "ODDS_CHANNEL",
+        default_value = "sports-odds",
+        global = true
+    )]
+    pub odds_channel: String,
+
+    /// Milliseconds between two ticks of the publisher.
+    #[arg(long, env = "TICK_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=3_600_000), global = true)]
+    pub tick_interval_ms: u64,
+
+    /// A heartbeat is sent when no odds message went out for this many milliseconds.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000), global = true)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Longest a tick's database read may take before the tick is abandoned and counted failed.
+    #[arg(long, env = "TICK_TIMEOUT_MS", default_value_t = 5000, global = true)]
+    pub tick_timeout_ms: u64,
+
+    /// Path of the active-events query (see sql/README.md). Unset: the built-in sql/active_events.sql.
+    #[arg(long, env = "ACTIVE_EVENTS_SQL", global = true)]
+    pub active_events_sql: Option<PathBuf>,
+
+    /// Publish at most this many active events (the first ones in publishing order). Unset: no cap.
+    #[arg(long, env = "MAX_EVENTS", global = true)]
+    pub max_events: Option<usize>,
+
+    /// Bookmaker margin applied to decimal odds (0.05 = 5%).
+    #[arg(long, env = "MARGIN", default_value_t = 0.0, global = true)]
+    pub margin: f64,
+
+    /// Lowest decimal odds published.
+    #[arg(long, env = "MIN_ODDS", default_value_t = 1.01, global = true)]
+    pub min_odds: f64,
+
+    /// Highest decimal odds published.
+    #[arg(long, env = "MAX_ODDS", default_value_t = 1000.0, global = true)]
+    pub max_odds: f64,
+
+    /// Start publishing on boot unless an operator stopped the publisher (the stop survives restarts).
+    #[arg(long, env = "PUBLISHER_AUTOSTART", default_value_t = true, action = ArgAction::Set, global = true)]
+    pub publisher_autostart: bool,
+
+    /// PostgreSQL advisory-lock key that elects the leader. Unset: derived from ODDS_CHANNEL.
+    #[arg(long, env = "LEADER_LOCK_KEY", global = true)]
+    pub leader_lock_key: Option<i64>,
+
+    /// Bearer token required by POST/DELETE /api/sports/ws-publisher. Unset: loopback only.
+    #[arg(long, env = "CONTROL_TOKEN", hide_env_values = true, global = true)]
+    pub control_token: Option<String>,
+
+    /// HS256 secret for WebSocket client tokens.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Log format: pretty or json. The level comes from RUST_LOG (default info).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+
+    /// Milliseconds a graceful shutdown may take before remaining work is abandoned.
+    #[arg(
+        long,
+        env = "SHUTDOWN_TIMEOUT_MS",
+        default_value_t = 5000,
+        global = true
+    )]
+    pub shutdown_timeout_ms: u64,
+
+    /// Demo data: number of events `seed` creates.
+    #[arg(long, env = "SEED_EVENTS", default_value_t = 300, global = true)]
+    pub seed_events: usize,
+
+    /// Demo data: random seed, so a seeded data set can be reproduced.
+    #[arg(long, env = "SEED_RANDOM", default_value_t = 42, global = true)]
+    pub seed_random: u64,
+
+    /// Simulator: milliseconds between two rounds of changes.
+    #[arg(long, env = "SIM_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..), global = true)]
+    pub sim_interval_ms: u64,
+
+    /// Simulator: price moves and placed bets per round (bets settle and clocks run in proportion).
+    #[arg(long, env = "SIM_CHANGES", default_value_t = 10, global = true)]
+    pub sim_changes: usize,
+}
+
+impl Config {
+    pub fn tick_interval(&self) -> Duration {
+        Duration::from_millis(self.tick_interval_ms)
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn tick_timeout(&self) -> Duration {
+        Duration::from_millis(self.tick_timeout_ms)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn sim_interval(&self) -> Duration {
+        Duration::from_millis(self.sim_interval_ms)
+    }
+
+    /// The formula's constants, validated so the odds maths never sees NaN.
+    pub fn odds_params(&self) -> anyhow::Result<OddsParams> {
+        let params = OddsParams {
+            margin: self.margin,
+            min_odds: self.min_odds,
+            max_odds: self.max_odds,
+        };
+        anyhow::ensure!(
+            params.margin.is_finite() && params.margin > -1.0,
+            "MARGIN must be a finite number above -1, got {}",
+            params.margin
+        );
+        anyhow::ensure!(
+            params.min_odds.is_finite()
+                && params.max_odds.is_finite()
+                && params.min_odds >= 1.0
+                && params.min_odds <= params.max_odds,
+            "MIN_ODDS and MAX_ODDS must be finite with 1 <= MIN_ODDS <= MAX_ODDS, got {} and {}",
+            params.min_odds,
+            params.max_odds
+        );
+        Ok(params)
+    }
+
+    /// The advisory-lock key: explicit, or a stable hash of the channel name so that
+    /// publishers of different channels on one database do not contend.
+    pub fn leader_lock_key(&self) -> i64 {
+        self.leader_lock_key.unwrap_or_else(|| {
+            // FNV-1a: stable across builds and platforms, unlike std's hasher.
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for byte in b"oddsfeed-leader:"
+                .iter()
+                .chain(self.odds_channel.as_bytes())
+            {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+            i64::from_ne_bytes(hash.to_ne_bytes())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["oddsfeed", "serve"]).unwrap();
+        let c = cli.config;
+        assert_eq!(c.listen_addr.to_string(), "0.0.0.0:3001");
+        assert_eq!(c.odds_channel, "sports-odds");
+        assert_eq!(c.tick_interval_ms, 500);
+        assert_eq!(c.heartbeat_interval_ms, 5000);
+        assert!(c.publisher_autostart);
+        assert_eq!(c.odds_params().unwrap(), OddsParams::default());
+    }
+
+    #[test]
+    fn flags_work_before_and_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "oddsfeed",
+            "--tick-interval-ms",
+            "100",
+            "publisher",
+            "--publisher-autostart",
+            "false",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.tick_interval_ms, 100);
+        assert!(!cli.config.publisher_autostart);
+    }
+
+    #[test]
+    fn bad_odds_params_are_refused() {
+        let mut cli = Cli::try_parse_from(["oddsfeed", "serve"]).unwrap();
+        cli.config.max_odds = 0.5;
+        assert!(cli.config.odds_params().is_err());
+        cli.config.max_odds = 1000.0;
+        cli.config.margin = f64::NAN;
+        assert!(cli.config.odds_params().is_err());
+    }
+
+    #[test]
+    fn lock_key_depends_on_channel() {
+        let a = Cli::try_parse_from(["oddsfeed", "--odds-channel", "a", "serve"]).unwrap();
+        let b = Cli::try_parse_from(["oddsfeed", "--odds-channel", "b", "serve"]).unwrap();
+        assert_ne!(a.config.leader_lock_key(), b.config.leader_lock_key());
+        assert_eq!(a.config.leader_lock_key(), a.config.leader_lock_key());
+    }
+}

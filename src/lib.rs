@@ -1,0 +1,34 @@
+//! oddsfeed: sports odds from PostgreSQL to thousands of browsers, through Redis.
+//!
+//! The flow runs one way (see `DESIGN.md` in the shared docs and the README):
+//!
+//! ```text
+//! PostgreSQL ─(sql/active_events.sql every tick)─▶ publisher::source
+//!   ─▶ odds::hybrid (pure) ─▶ odds::book (published state, diff) ─▶ bus::redis
+//!   (WATCH meta; MULTI HSET/HDEL state, HSET meta, PUBLISH sports-odds; EXEC)
+//!   ─▶ broadcaster (issue 3: relay, rooms, sessions over WebSocket)
+//! ```
+//!
+//! Module map:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the one `Config` (clap + env), subcommands, documented defaults |
+//! | [`odds`] | pure domain: [`odds::hybrid`] formula, [`odds::event`] wire types, [`odds::book`] state + diff |
+//! | [`publisher`] | [`publisher::source`] SQL reads, [`publisher::scheduler`] tick loop, [`publisher::leader`] advisory lock, [`publisher::control`] HTTP start/stop/status |
+//! | [`bus`] | [`bus::redis`]: fenced MULTI/EXEC publish with the state keys, heartbeats, state loading |
+//! | [`http`] | `/health`, `/metrics`, the HTTP error type |
+//! | [`db`] | PostgreSQL connect options, lazy pool, migrations |
+//! | [`telemetry`] | tracing setup, Prometheus recorder, every metric name |
+//! | [`sim`] | [`sim::seed`] demo data, [`sim::simulate`] live activity |
+//! | [`app`] | wiring of the subcommands, graceful shutdown |
+
+pub mod app;
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod odds;
+pub mod publisher;
+pub mod sim;
+pub mod telemetry;

@@ -1,0 +1,350 @@
+//! The current published state and the diff that turns a tick's result into a delta.
+//!
+//! The book is the single owner of sequence numbers (CONTRACT §4): the global `seq`, each
+//! sport's `seq`, and each event's `version`. [`Book::diff`] is pure: it proposes the next
+//! delta without changing anything, and [`Book::apply`] commits it once the delta is safely in
+//! Redis. A delta that failed to publish is simply never applied, so the next tick's diff
+//! carries everything that changed in the meantime.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::event::{Event, EventView, SportDelta};
+
+/// The published state of one stream (one epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Book {
+    /// Names the continuous stream; changes only when the stream starts from nothing.
+    epoch: String,
+    /// Global seq of the last `odds` message.
+    seq: u64,
+    /// Each sport's seq of the last message that touched it. Kept after a sport's last event
+    /// goes, so a sport that comes back continues its sequence.
+    sport_seqs: BTreeMap<String, u64>,
+    /// The events as last published, by id.
+    events: HashMap<String, Event>,
+}
+
+/// One proposed `odds` message: what changed, with the sequence numbers it will carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta {
+    /// The global seq this message carries (the book's seq + 1).
+    pub seq: u64,
+    /// Per-sport changes, only for sports the message touches.
+    pub sports: BTreeMap<String, SportDelta>,
+}
+
+impl Delta {
+    /// Number of upserted events across sports.
+    pub fn upserts(&self) -> usize {
+        self.sports.values().map(|s| s.upserts.len()).sum()
+    }
+
+    /// Number of removed events across sports.
+    pub fn removals(&self) -> usize {
+        self.sports.values().map(|s| s.removals.len()).sum()
+    }
+}
+
+impl Book {
+    /// An empty stream with a new epoch.
+    pub fn new(epoch: impl Into<String>) -> Self {
+        Self {
+            epoch: epoch.into(),
+            seq: 0,
+            sport_seqs: BTreeMap::new(),
+            events: HashMap::new(),
+        }
+    }
+
+    /// A stream continued from a saved state (the Redis state keys).
+    pub fn restore(
+        epoch: impl Into<String>,
+        seq: u64,
+        sport_seqs: BTreeMap<String, u64>,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Self {
+        Self {
+            epoch: epoch.into(),
+            seq,
+            sport_seqs,
+            events: events.into_iter().map(|e| (e.id.clone(), e)).collect(),
+        }
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn sport_seqs(&self) -> &BTreeMap<String, u64> {
+        &self.sport_seqs
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.events.values()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Event> {
+        self.events.get(id)
+    }
+
+    /// Compares the active events of a tick with the published state.
+    ///
+    /// `current` is in publishing order (live first, then start time); upserts keep that
+    /// order. Ids must be unique; a later duplicate is ignored. Returns `None` when nothing a
+    /// client would see changed.
+    pub fn diff(&self, current: &[(String, EventView)]) -> Option<Delta> {
+        let mut sports: BTreeMap<String, SportDelta> = BTreeMap::new();
+        let mut seen: HashSet<&str> = HashSet::with_capacity(current.len());
+        let entry = |sports: &mut BTreeMap<String, SportDelta>, sport: &str| {
+            if !sports.contains_key(sport) {
+                sports.insert(
+                    sport.to_string(),
+                    SportDelta {
+                        seq: self.sport_seqs.get(sport).copied().unwrap_or(0) + 1,
+                        upserts: Vec::new(),
+                        removals: Vec::new(),
+                    },
+                );
+            }
+        };
+
+        for (id, view) in current {
+            if !seen.insert(id.as_str()) {
+                continue;
+            }
+            let version = match self.events.get(id) {
+                Some(published) if published.view == *view => continue,
+                Some(published) => {
+                    // An event that moved to another sport leaves the old sport's block.
+                    if published.view.sport != view.sport {
+                        entry(&mut sports, &published.view.sport);
+                        if let Some(old) = sports.get_mut(&published.view.sport) {
+                            old.removals.push(id.clone());
+                        }
+                    }
+                    published.version + 1
+                }
+                None => 1,
+            };
+            entry(&mut sports, &view.sport);
+            if let Some(block) = sports.get_mut(&view.sport) {
+                block.upserts.push(Event {
+                    id: id.clone(),
+                    version,
+                    view: view.clone(),
+                });
+            }
+        }
+
+        let mut gone: Vec<&Event> = self
+            .events
+            .values()
+            .filter(|e| !seen.contains(e.id.as_str()))
+            .collect();
+        gone.sort_by(|a, b| a.id.cmp(&b.id));
+        for event in gone {
+            entry(&mut sports, &event.view.sport);
+            if let Some(block) = sports.get_mut(&event.view.sport) {
+                block.removals.push(event.id.clone());
+            }
+        }
+
+        if sports.is_empty() {
+            return None;
+        }
+        Some(Delta {
+            seq: self.seq + 1,
+            sports,
+        })
+    }
+
+    /// Commits a delta produced by [`Book::diff`] on this book.
+    pub fn apply(&mut self, delta: &Delta) {
+        debug_assert_eq!(delta.seq, self.seq + 1, "delta from another book state");
+        self.seq = delta.seq;
+        for (sport, block) in &delta.sports {
+            self.sport_seqs.insert(sport.clone(), block.seq);
+            for id in &block.removals {
+                // A move between sports appears as a removal in the old sport and an upsert in
+                // the new one; only drop the event when it did not reappear elsewhere.
+                if self.events.get(id).is_some_and(|e| e.view.sport == *sport) {
+                    self.events.remove(id);
+                }
+            }
+        }
+        for block in delta.sports.values() {
+            for event in &block.upserts {
+                self.events.insert(event.id.clone(), event.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::odds::event::Outcome;
+    use proptest::prelude::*;
+
+    fn view(sport: &str, p: f64) -> EventView {
+        EventView {
+            sport: sport.into(),
+            league: None,
+            title: "A vs B".into(),
+            team_a: Some("A".into()),
+            team_b: Some("B".into()),
+            is_esports: false,
+            live: false,
+            game_status: None,
+            score: None,
+            period: None,
+            elapsed: None,
+            start_time: None,
+            outcomes: vec![
+                Outcome {
+                    name: "YES".into(),
+                    probability: Some(p),
+                    odds: None,
+                },
+                Outcome {
+                    name: "NO".into(),
+                    probability: Some(1.0 - p),
+                    odds: None,
+                },
+            ],
+            yes_odds: Some(p),
+            no_odds: Some(1.0 - p),
+            odds_source: None,
+            suspended: false,
+            suspended_reason: None,
+        }
+    }
+
+    fn step(book: &mut Book, current: &[(String, EventView)]) -> Option<Delta> {
+        let delta = book.diff(current)?;
+        book.apply(&delta);
+        Some(delta)
+    }
+
+    #[test]
+    fn first_tick_upserts_everything_then_nothing() {
+        let mut book = Book::new("e1");
+        let current = vec![
+            ("a".to_string(), view("football", 0.5)),
+            ("b".to_string(), view("tennis", 0.3)),
+        ];
+        let delta = step(&mut book, &current).unwrap();
+        assert_eq!(delta.seq, 1);
+        assert_eq!(delta.sports["football"].seq, 1);
+        assert_eq!(delta.sports["football"].upserts[0].version, 1);
+        assert_eq!(delta.sports["tennis"].upserts[0].id, "b");
+        assert!(
+            book.diff(&current).is_none(),
+            "unchanged tick publishes nothing"
+        );
+    }
+
+    #[test]
+    fn change_bumps_version_seq_and_only_that_sport() {
+        let mut book = Book::new("e1");
+        let mut current = vec![
+            ("a".to_string(), view("football", 0.5)),
+            ("b".to_string(), view("tennis", 0.3)),
+        ];
+        step(&mut book, &current);
+        current[0].1 = view("football", 0.6);
+        let delta = step(&mut book, &current).unwrap();
+        assert_eq!(delta.seq, 2);
+        assert_eq!(delta.sports.len(), 1);
+        assert_eq!(delta.sports["football"].seq, 2);
+        assert_eq!(delta.sports["football"].upserts[0].version, 2);
+        assert_eq!(book.sport_seqs()["tennis"], 1);
+    }
+
+    #[test]
+    fn removal_and_return() {
+        let mut book = Book::new("e1");
+        step(&mut book, &[("a".to_string(), view("football", 0.5))]);
+        let delta = step(&mut book, &[]).unwrap();
+        assert_eq!(delta.sports["football"].removals, vec!["a".to_string()]);
+        assert_eq!(delta.sports["football"].seq, 2);
+        assert!(book.is_empty());
+        let delta = step(&mut book, &[("a".to_string(), view("football", 0.5))]).unwrap();
+        assert_eq!(delta.sports["football"].seq, 3, "sport seq continues");
+        assert_eq!(delta.sports["football"].upserts[0].version, 1);
+    }
+
+    #[test]
+    fn moving_sport_removes_from_old_and_upserts_in_new() {
+        let mut book = Book::new("e1");
+        step(&mut book, &[("a".to_string(), view("football", 0.5))]);
+        let delta = step(&mut book, &[("a".to_string(), view("futsal", 0.5))]).unwrap();
+        assert_eq!(delta.sports["football"].removals, vec!["a".to_string()]);
+        assert_eq!(delta.sports["futsal"].upserts[0].version, 2);
+        assert_eq!(book.get("a").unwrap().view.sport, "futsal");
+        assert_eq!(book.len(), 1);
+    }
+
+    proptest! {
+        /// Replaying any sequence of ticks: seq rises by one per message, each sport's seq by
+        /// one per message touching it, each version by one per upsert, and the book always
+        /// equals the last tick's input.
+        #[test]
+        fn sequence_numbers_are_contiguous(ticks in prop::collection::vec(
+            prop::collection::vec((0u8..6, 0u8..3, 0u8..4), 0..6), 1..20)) {
+            let sports = ["football", "tennis", "esports"];
+            let mut book = Book::new("e");
+            let mut sport_seq: BTreeMap<String, u64> = BTreeMap::new();
+            let mut versions: HashMap<String, u64> = HashMap::new();
+            for tick in ticks {
+                let mut current: Vec<(String, EventView)> = Vec::new();
+                for (id, sport, p) in tick {
+                    let id = format!("e{id}");
+                    if current.iter().any(|(i, _)| *i == id) { continue; }
+                    current.push((id, view(sports[sport as usize], f64::from(p) / 4.0)));
+                }
+                let before = book.seq();
+                match step(&mut book, &current) {
+                    None => prop_assert_eq!(book.seq(), before),
+                    Some(delta) => {
+                        prop_assert_eq!(delta.seq, before + 1);
+                        for (sport, block) in &delta.sports {
+                            let expect = sport_seq.get(sport).copied().unwrap_or(0) + 1;
+                            prop_assert_eq!(block.seq, expect);
+                            sport_seq.insert(sport.clone(), expect);
+                            prop_assert!(!block.upserts.is_empty() || !block.removals.is_empty());
+                            for e in &block.upserts {
+                                let v = versions.get(&e.id).copied().unwrap_or(0) + 1;
+                                prop_assert_eq!(e.version, v);
+                                versions.insert(e.id.clone(), v);
+                            }
+                        }
+                        for block in delta.sports.values() {
+                            for id in &block.removals {
+                                if !current.iter().any(|(i, _)| i == id) {
+                                    versions.remove(id);
+                                }
+                            }
+                        }
+                    }
+                }
+                prop_assert_eq!(book.len(), current.len());
+                for (id, v) in &current {
+                    prop_assert_eq!(&book.get(id).unwrap().view, v);
+                }
+            }
+        }
+    }
+}

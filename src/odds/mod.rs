@@ -1,0 +1,16 @@
+//! The pure domain: no I/O, unit- and property-tested without any server.
+//!
+//! - [`hybrid`]: the hybrid-odds formula (CONTRACT §3).
+//! - [`event`]: the EVENT object and channel messages (CONTRACT §4).
+//! - [`book`]: the published state and the diff that yields the next message.
+
+pub mod book;
+pub mod event;
+pub mod hybrid;
+
+pub use book::{Book, Delta};
+pub use event::{
+    ChannelMessage, Event, EventInput, EventView, Heartbeat, OddsMessage, Outcome, SportDelta,
+    sport_key,
+};
+pub use hybrid::{OddsParams, OddsSource, OutcomeInput, Priced, Unusable, price_event};

@@ -1,0 +1,214 @@
+//! `POST/DELETE/GET /api/sports/ws-publisher` (CONTRACT §5), with the same JSON as the earlier
+//! Next.js route, and the desired run state stored in PostgreSQL.
+//!
+//! Auth: with `CONTROL_TOKEN` set, POST and DELETE need `Authorization: Bearer <token>` (401
+//! otherwise). Without it they are accepted only from a loopback peer that is not relaying for
+//! someone else (no `Forwarded`/`X-Forwarded-For` header), 403 otherwise: a reverse proxy on
+//! the same host must not turn the whole internet into "loopback". GET is open, like /health.
+//! Other methods get 405 from the router.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use super::PublisherHandle;
+use super::leader::{Desired, parse_desired};
+use crate::http::ApiError;
+
+/// The route, as the earlier system served it.
+pub const PATH: &str = "/api/sports/ws-publisher";
+
+/// What the control handlers need.
+#[derive(Clone)]
+pub struct ControlState {
+    /// Where the desired state lives.
+    pub pool: PgPool,
+    /// The odds channel whose publisher this controls (the table's key).
+    pub channel: String,
+    /// `CONTROL_TOKEN`; `None` means loopback-only.
+    pub token: Option<String>,
+    /// The local scheduler's status and wake-up.
+    pub handle: PublisherHandle,
+    /// `PUBLISHER_AUTOSTART`, for a channel with no stored state.
+    pub autostart: bool,
+}
+
+pub fn router(state: ControlState) -> Router {
+    Router::new()
+        .route(PATH, get(status).post(start).delete(stop))
+        .with_state(state)
+}
+
+fn authorize(state: &ControlState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+    match &state.token {
+        Some(token) => {
+            let given = headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                Ok(())
+            } else {
+                Err(ApiError::Unauthorized(
+                    "a valid Authorization: Bearer token is required".into(),
+                ))
+            }
+        }
+        None => {
+            let proxied =
+                headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for");
+            if peer.ip().to_canonical().is_loopback() && !proxied {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden(
+                    "CONTROL_TOKEN is not set, so the publisher can only be controlled from loopback".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal a matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Stores the desired state and returns the one stored before (`None`: never set).
+async fn set_desired(
+    state: &ControlState,
+    desired: &str,
+    by: &str,
+) -> Result<Option<String>, ApiError> {
+    let previous: Option<String> = sqlx::query_scalar(
+        "WITH previous AS (SELECT desired FROM publisher_control WHERE channel = $1)
+         INSERT INTO publisher_control (channel, desired, updated_by) VALUES ($1, $2, $3)
+         ON CONFLICT (channel) DO UPDATE
+            SET desired = EXCLUDED.desired, updated_at = now(), updated_by = EXCLUDED.updated_by
+         RETURNING (SELECT desired FROM previous)",
+    )
+    .bind(&state.channel)
+    .bind(desired)
+    .bind(by)
+    .fetch_one(&state.pool)
+    .await
+    .map_err(|e| {
+        ApiError::Unavailable(
+            anyhow::Error::new(e).context("Failed to store the publisher's desired state"),
+        )
+    })?;
+    Ok(previous)
+}
+
+async fn stored_desired(state: &ControlState) -> Result<Desired, ApiError> {
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT desired FROM publisher_control WHERE channel = $1")
+            .bind(&state.channel)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(|e| {
+                ApiError::Unavailable(
+                    anyhow::Error::new(e).context("Failed to read the publisher's desired state"),
+                )
+            })?;
+    Ok(parse_desired(stored.as_deref(), state.autostart))
+}
+
+/// The status object shared by all three answers.
+fn status_body(state: &ControlState, desired: Desired) -> Value {
+    let s = state.handle.status();
+    let running = desired == Desired::Running;
+    json!({
+        "status": if running { "running" } else { "stopped" },
+        "interval": running.then(|| state.handle.interval_label()),
+        "isPublishing": s.is_publishing,
+        "leader": s.leader,
+        "channel": state.channel,
+        "epoch": s.epoch,
+        "seq": s.seq,
+        "activeEvents": s.active_events,
+        "suspendedEvents": s.suspended_events,
+        "lastTickAt": s.last_tick_at,
+        "lastTickMs": s.last_tick_ms,
+        "lastPublishedAt": s.last_published_at,
+        "ticks": s.ticks,
+        "errors": s.errors,
+        "overruns": s.overruns,
+        "lastError": s.last_error,
+    })
+}
+
+fn with(mut body: Value, status: &str, message: &str) -> Json<Value> {
+    body["status"] = json!(status);
+    body["message"] = json!(message);
+    Json(body)
+}
+
+async fn status(State(state): State<ControlState>) -> Result<Json<Value>, ApiError> {
+    let desired = stored_desired(&state).await?;
+    Ok(Json(status_body(&state, desired)))
+}
+
+async fn start(
+    State(state): State<ControlState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, peer, &headers)?;
+    let previous = set_desired(&state, "running", &peer.to_string()).await?;
+    state.handle.wake();
+    let body = status_body(&state, Desired::Running);
+    Ok(
+        if parse_desired(previous.as_deref(), state.autostart) == Desired::Running {
+            with(
+                body,
+                "already_running",
+                "WebSocket publisher is already running",
+            )
+        } else {
+            tracing::info!(%peer, "publisher started by request");
+            with(body, "started", "WebSocket publisher started")
+        },
+    )
+}
+
+async fn stop(
+    State(state): State<ControlState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&state, peer, &headers)?;
+    let previous = set_desired(&state, "stopped", &peer.to_string()).await?;
+    state.handle.wake();
+    let mut body = status_body(&state, Desired::Stopped);
+    body["interval"] = Value::Null;
+    Ok(
+        if parse_desired(previous.as_deref(), state.autostart) == Desired::Stopped {
+            with(body, "not_running", "WebSocket publisher is not running")
+        } else {
+            tracing::info!(%peer, "publisher stopped by request");
+            with(body, "stopped", "WebSocket publisher stopped")
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}

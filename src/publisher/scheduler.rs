@@ -1,0 +1,367 @@
+//! The tick loop.
+//!
+//! Each cycle: make sure of leadership (try the lock as standby, prove the lock session as
+//! leader), read the desired run state, load the book from Redis when not synced, then tick:
+//! read PostgreSQL, price every event, diff against the book, and publish the delta through the
+//! fenced MULTI/EXEC. Cycles never overlap because they run in this one task. A cycle that
+//! overruns the interval is counted and the next starts at once; a failed cycle is counted,
+//! logged, and retried with exponential backoff (capped at [`MAX_BACKOFF`]).
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::PublisherHandle;
+use super::leader::{Desired, Leader};
+use super::source::Source;
+use crate::bus::{OddsBus, PublishOutcome, now_ms};
+use crate::odds::{Book, EventView, OddsParams};
+use crate::telemetry as m;
+
+/// The longest wait between two attempts while a dependency is failing.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Everything the tick loop owns.
+pub struct Scheduler {
+    /// The active-events query.
+    pub source: Source,
+    /// Redis writes for the odds channel.
+    pub bus: OddsBus,
+    /// The advisory lock.
+    pub leader: Leader,
+    /// Formula constants.
+    pub params: OddsParams,
+    /// Status shared with HTTP handlers, and the wake-up signal.
+    pub handle: PublisherHandle,
+    /// Time between ticks.
+    pub interval: Duration,
+    /// Idle time after which a heartbeat is sent.
+    pub heartbeat: Duration,
+    /// Longest a tick's query may run.
+    pub tick_timeout: Duration,
+    /// Desired state when none is stored.
+    pub autostart: bool,
+}
+
+/// What one cycle did, for logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cycle {
+    Standby,
+    Stopped,
+    Unchanged,
+    Published,
+}
+
+/// Why a cycle failed; the label goes into `oddsfeed_errors_total{kind}`.
+#[derive(Debug, thiserror::Error)]
+enum CycleError {
+    #[error("database: {0:#}")]
+    Database(anyhow::Error),
+    #[error("redis: {0:#}")]
+    Redis(anyhow::Error),
+    #[error(
+        "the Redis state is not the one this publisher continues from (found {0:?}); reloading"
+    )]
+    Conflict(Option<(String, u64)>),
+}
+
+impl CycleError {
+    fn kind(&self) -> &'static str {
+        match self {
+            CycleError::Database(_) => "database",
+            CycleError::Redis(_) => "redis",
+            CycleError::Conflict(_) => "conflict",
+        }
+    }
+}
+
+/// The loop's memory between cycles.
+struct LoopState {
+    /// The published state, `Some` only while leader, running and synced with Redis.
+    book: Option<Book>,
+    /// When this process last put a message on the channel (odds or heartbeat).
+    last_sent: Instant,
+}
+
+impl Scheduler {
+    /// Runs until `cancel` fires, then releases the lock so a standby takes over at once.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut state = LoopState {
+            book: None,
+            last_sent: Instant::now(),
+        };
+        let mut failures: u32 = 0;
+        let mut next = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(next) => {}
+                _ = self.handle.wake.notified() => {}
+            }
+            let started = Instant::now();
+            let result = self.cycle(&mut state).await;
+            let elapsed = started.elapsed();
+            match result {
+                Ok(cycle) => {
+                    failures = 0;
+                    tracing::trace!(?cycle, ms = elapsed.as_secs_f64() * 1e3, "cycle");
+                    self.handle.update(|s| s.last_error = None);
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    counter!(m::ERRORS, "kind" => error.kind()).increment(1);
+                    counter!(m::TICKS, "result" => "error").increment(1);
+                    tracing::warn!(%error, failures, "publisher cycle failed");
+                    self.handle.update(|s| {
+                        s.errors += 1;
+                        s.last_error = Some(error.to_string());
+                    });
+                }
+            }
+            next = if failures > 0 {
+                Instant::now() + backoff(self.interval, failures)
+            } else if elapsed > self.interval {
+                counter!(m::TICK_OVERRUNS).increment(1);
+                self.handle.update(|s| s.overruns += 1);
+                Instant::now()
+            } else {
+                started + self.interval
+            };
+        }
+        self.leader.release().await;
+        self.set_role(false, false);
+        tracing::info!("publisher stopped");
+    }
+
+    fn set_role(&self, leader: bool, publishing: bool) {
+        gauge!(m::PUBLISHER_LEADER).set(f64::from(u8::from(leader)));
+        gauge!(m::PUBLISHER_RUNNING).set(f64::from(u8::from(publishing)));
+        self.handle.update(|s| {
+            s.leader = leader;
+            s.is_publishing = publishing;
+        });
+    }
+
+    async fn cycle(&mut self, state: &mut LoopState) -> Result<Cycle, CycleError> {
+        if !self.leader.is_leader() {
+            let acquired = self
+                .leader
+                .try_acquire()
+                .await
+                .map_err(CycleError::Database)?;
+            if !acquired {
+                self.set_role(false, false);
+                return Ok(Cycle::Standby);
+            }
+            tracing::info!("became leader");
+            counter!(m::LEADER_CHANGES, "change" => "acquired").increment(1);
+            state.book = None;
+        }
+        let desired = match self.leader.check(self.autostart).await {
+            Ok(desired) => desired,
+            Err(e) => {
+                tracing::warn!("lost leadership");
+                counter!(m::LEADER_CHANGES, "change" => "lost").increment(1);
+                state.book = None;
+                self.set_role(false, false);
+                return Err(CycleError::Database(e));
+            }
+        };
+        self.handle.update(|s| s.desired = Some(desired));
+        if desired == Desired::Stopped {
+            if state.book.take().is_some() {
+                tracing::info!("publisher stopped by request");
+            }
+            self.set_role(true, false);
+            return Ok(Cycle::Stopped);
+        }
+
+        let mut book = match state.book.take() {
+            Some(book) => book,
+            None => self.load_book().await?,
+        };
+        self.set_role(true, true);
+        let result = self.tick(&mut book, state).await;
+        // Keep the book unless the Redis state turned out not to be the one it continues.
+        if let Err(CycleError::Conflict(_)) = result {
+            counter!(m::STATE_RELOADS, "reason" => "conflict").increment(1);
+        } else {
+            state.book = Some(book);
+        }
+        result.map(|published| {
+            if published {
+                Cycle::Published
+            } else {
+                Cycle::Unchanged
+            }
+        })
+    }
+
+    /// Continues the stream stored in Redis, or starts a new epoch when there is none.
+    async fn load_book(&mut self) -> Result<Book, CycleError> {
+        let book = match self.bus.load_state().await.map_err(CycleError::Redis)? {
+            Some(stored) => {
+                tracing::info!(epoch = %stored.epoch, seq = stored.seq, events = stored.events.len(), "continuing the stream from the Redis state");
+                stored.into_book()
+            }
+            None => {
+                let epoch = new_epoch();
+                tracing::info!(%epoch, "no stream in Redis: starting a new epoch");
+                Book::new(epoch)
+            }
+        };
+        counter!(m::STATE_RELOADS, "reason" => "sync").increment(1);
+        self.handle.update(|s| {
+            s.epoch = Some(book.epoch().to_string());
+            s.seq = Some(book.seq());
+        });
+        Ok(book)
+    }
+
+    /// One tick against `book`, which is advanced when a message went out (returns true).
+    async fn tick(&mut self, book: &mut Book, state: &mut LoopState) -> Result<bool, CycleError> {
+        let tick_at = now_ms();
+        let started = Instant::now();
+        let inputs = tokio::time::timeout(self.tick_timeout, self.source.active_events())
+            .await
+            .map_err(|_| {
+                CycleError::Database(anyhow::anyhow!(
+                    "the active-events query took longer than {:?}",
+                    self.tick_timeout
+                ))
+            })?
+            .map_err(CycleError::Database)?;
+        let queried = Instant::now();
+
+        let mut views: Vec<(String, EventView)> = Vec::with_capacity(inputs.len());
+        let mut suspended = 0usize;
+        for input in &inputs {
+            let (view, reason) = input.to_view(&self.params);
+            if let Some(reason) = reason {
+                suspended += 1;
+                tracing::debug!(event = %input.id, %reason, "event suspended");
+            }
+            views.push((input.id.clone(), view));
+        }
+        let delta = book.diff(&views);
+        let computed = Instant::now();
+        histogram!(m::TICK_DURATION, "stage" => "query").record(queried - started);
+        histogram!(m::TICK_DURATION, "stage" => "compute").record(computed - queried);
+        gauge!(m::EVENTS_ACTIVE).set(views.len() as f64);
+        gauge!(m::EVENTS_SUSPENDED).set(suspended as f64);
+
+        let published = match delta {
+            None => {
+                counter!(m::TICKS, "result" => "unchanged").increment(1);
+                if state.last_sent.elapsed() >= self.heartbeat {
+                    let bytes = self
+                        .bus
+                        .heartbeat(book.epoch(), book.seq())
+                        .await
+                        .map_err(CycleError::Redis)?;
+                    state.last_sent = Instant::now();
+                    counter!(m::PUBLISHED_MESSAGES, "type" => "heartbeat").increment(1);
+                    counter!(m::PUBLISHED_BYTES).increment(bytes as u64);
+                }
+                false
+            }
+            Some(delta) => {
+                let outcome = self
+                    .bus
+                    .publish(book, &delta, tick_at)
+                    .await
+                    .map_err(CycleError::Redis)?;
+                let (receivers, bytes) = match outcome {
+                    PublishOutcome::Published {
+                        receivers, bytes, ..
+                    } => (receivers, bytes),
+                    PublishOutcome::Conflict { found } => return Err(CycleError::Conflict(found)),
+                };
+                histogram!(m::TICK_DURATION, "stage" => "publish").record(computed.elapsed());
+                state.last_sent = Instant::now();
+                for block in delta.sports.values() {
+                    for event in block.upserts.iter().filter(|e| e.view.suspended) {
+                        let was_suspended = book.get(&event.id).is_some_and(|e| e.view.suspended);
+                        if !was_suspended {
+                            let reason = event.view.suspended_reason.clone().unwrap_or_default();
+                            counter!(m::EVENT_SUSPENSIONS, "reason" => reason).increment(1);
+                        }
+                    }
+                }
+                counter!(m::TICKS, "result" => "published").increment(1);
+                counter!(m::PUBLISHED_MESSAGES, "type" => "odds").increment(1);
+                counter!(m::PUBLISHED_BYTES).increment(bytes as u64);
+                counter!(m::PUBLISHED_UPSERTS).increment(delta.upserts() as u64);
+                counter!(m::PUBLISHED_REMOVALS).increment(delta.removals() as u64);
+                gauge!(m::PUBLISHER_SEQ).set(delta.seq as f64);
+                tracing::debug!(
+                    seq = delta.seq,
+                    upserts = delta.upserts(),
+                    removals = delta.removals(),
+                    receivers,
+                    bytes,
+                    "published"
+                );
+                book.apply(&delta);
+                true
+            }
+        };
+        let total = started.elapsed();
+        histogram!(m::TICK_DURATION, "stage" => "total").record(total);
+        let seq = book.seq();
+        let published_at = published.then(now_ms);
+        self.handle.update(|s| {
+            s.ticks += 1;
+            s.active_events = views.len();
+            s.suspended_events = suspended;
+            s.last_tick_at = Some(tick_at);
+            s.last_tick_ms = Some(total.as_secs_f64() * 1e3);
+            s.seq = Some(seq);
+            if published_at.is_some() {
+                s.last_published_at = published_at;
+            }
+        });
+        Ok(published)
+    }
+}
+
+/// Wait before the next attempt after `failures` consecutive failures: the interval, then
+/// doubling, capped at [`MAX_BACKOFF`].
+fn backoff(interval: Duration, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(16));
+    interval
+        .saturating_mul(factor)
+        .min(MAX_BACKOFF.max(interval))
+}
+
+/// A new, unique epoch: start time plus randomness, readable in logs.
+pub fn new_epoch() -> String {
+    let random: u32 = rand::rng().random();
+    format!("{:x}-{random:08x}", now_ms())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let i = Duration::from_millis(500);
+        assert_eq!(backoff(i, 1), Duration::from_millis(500));
+        assert_eq!(backoff(i, 2), Duration::from_millis(1000));
+        assert_eq!(backoff(i, 3), Duration::from_millis(2000));
+        assert_eq!(backoff(i, 10), MAX_BACKOFF);
+        assert_eq!(backoff(i, u32::MAX), MAX_BACKOFF);
+        // An interval longer than the cap is never shortened.
+        assert_eq!(backoff(Duration::from_secs(10), 3), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn epochs_differ() {
+        assert_ne!(new_epoch(), new_epoch());
+    }
+}

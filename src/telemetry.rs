@@ -1,0 +1,167 @@
+//! Logging and metrics: the tracing subscriber, the Prometheus recorder, and every metric
+//! name in one place so dashboards and code cannot drift apart.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::config::LogFormat;
+
+// Publisher.
+pub const TICK_DURATION: &str = "oddsfeed_tick_duration_seconds";
+pub const TICKS: &str = "oddsfeed_ticks_total";
+pub const TICK_OVERRUNS: &str = "oddsfeed_tick_overruns_total";
+pub const EVENTS_ACTIVE: &str = "oddsfeed_events_active";
+pub const EVENTS_SUSPENDED: &str = "oddsfeed_events_suspended";
+pub const EVENT_SUSPENSIONS: &str = "oddsfeed_event_suspensions_total";
+pub const PUBLISHED_MESSAGES: &str = "oddsfeed_published_messages_total";
+pub const PUBLISHED_BYTES: &str = "oddsfeed_published_bytes_total";
+pub const PUBLISHED_UPSERTS: &str = "oddsfeed_published_upserts_total";
+pub const PUBLISHED_REMOVALS: &str = "oddsfeed_published_removals_total";
+pub const PUBLISHER_LEADER: &str = "oddsfeed_publisher_leader";
+pub const PUBLISHER_RUNNING: &str = "oddsfeed_publisher_running";
+pub const PUBLISHER_SEQ: &str = "oddsfeed_publisher_seq";
+pub const LEADER_CHANGES: &str = "oddsfeed_leader_changes_total";
+pub const STATE_RELOADS: &str = "oddsfeed_state_reloads_total";
+// Shared.
+pub const ERRORS: &str = "oddsfeed_errors_total";
+pub const DEPENDENCY_UP: &str = "oddsfeed_dependency_up";
+pub const BUILD_INFO: &str = "oddsfeed_build_info";
+
+/// Bucket bounds for every `_seconds` histogram: sub-millisecond through seconds.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Installs the tracing subscriber: `pretty` or `json`, level from `RUST_LOG` (default info).
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry.with(fmt::layer().with_target(false)).try_init(),
+    };
+    // A second init (tests) keeps the first subscriber.
+    let _ = result;
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    if let Some(handle) = PROMETHEUS.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    let handle = PROMETHEUS.get_or_init(|| handle).clone();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Histograms keep samples until upkeep drains them into buckets.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
+fn describe() {
+    describe_histogram!(
+        TICK_DURATION,
+        Unit::Seconds,
+        "Publisher tick duration by stage (query, compute, publish, total)."
+    );
+    describe_counter!(
+        TICKS,
+        Unit::Count,
+        "Publisher ticks by result (published, unchanged, error)."
+    );
+    describe_counter!(
+        TICK_OVERRUNS,
+        Unit::Count,
+        "Ticks that took longer than TICK_INTERVAL_MS."
+    );
+    describe_gauge!(
+        EVENTS_ACTIVE,
+        Unit::Count,
+        "Active events in the last tick."
+    );
+    describe_gauge!(
+        EVENTS_SUSPENDED,
+        Unit::Count,
+        "Active events published as suspended in the last tick."
+    );
+    describe_counter!(
+        EVENT_SUSPENSIONS,
+        Unit::Count,
+        "Events that became suspended, by reason (missing_price, too_few_outcomes, ...)."
+    );
+    describe_counter!(
+        PUBLISHED_MESSAGES,
+        Unit::Count,
+        "Messages published on the odds channel, by type."
+    );
+    describe_counter!(
+        PUBLISHED_BYTES,
+        Unit::Bytes,
+        "Bytes published on the odds channel."
+    );
+    describe_counter!(PUBLISHED_UPSERTS, Unit::Count, "Event upserts published.");
+    describe_counter!(PUBLISHED_REMOVALS, Unit::Count, "Event removals published.");
+    describe_gauge!(
+        PUBLISHER_LEADER,
+        Unit::Count,
+        "1 while this process holds the leader lock."
+    );
+    describe_gauge!(
+        PUBLISHER_RUNNING,
+        Unit::Count,
+        "1 while this process is publishing."
+    );
+    describe_gauge!(
+        PUBLISHER_SEQ,
+        Unit::Count,
+        "Global seq of the last odds message this process published."
+    );
+    describe_counter!(
+        LEADER_CHANGES,
+        Unit::Count,
+        "Times this process became leader or lost leadership."
+    );
+    describe_counter!(
+        STATE_RELOADS,
+        Unit::Count,
+        "Times the publisher reloaded its book from the Redis state, by reason."
+    );
+    describe_counter!(
+        ERRORS,
+        Unit::Count,
+        "Errors by kind (database, redis, conflict, ...)."
+    );
+    describe_gauge!(
+        DEPENDENCY_UP,
+        Unit::Count,
+        "1 when the dependency (postgres, redis) answered its last check."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        Unit::Count,
+        "Always 1; the version label tells which build runs."
+    );
+}

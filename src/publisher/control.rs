@@ -44,8 +44,8 @@ pub fn router(state: ControlState) -> Router {
         .with_state(state)
 }
 
-fn authorize(state: &ControlState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
-    match &state.token {
+fn authorize(token: Option<&str>, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+    match token {
         Some(token) => {
             let given = headers
                 .get(axum::http::header::AUTHORIZATION)
@@ -152,9 +152,18 @@ fn with(mut body: Value, status: &str, message: &str) -> Json<Value> {
     Json(body)
 }
 
-async fn status(State(state): State<ControlState>) -> Result<Json<Value>, ApiError> {
-    let desired = stored_desired(&state).await?;
-    Ok(Json(status_body(&state, desired)))
+/// GET answers even when PostgreSQL does not: it then shows the desired state the scheduler
+/// last read, and `lastError` says why.
+async fn status(State(state): State<ControlState>) -> Json<Value> {
+    let desired = match stored_desired(&state).await {
+        Ok(desired) => desired,
+        Err(_) => state
+            .handle
+            .status()
+            .desired
+            .unwrap_or(parse_desired(None, state.autostart)),
+    };
+    Json(status_body(&state, desired))
 }
 
 async fn start(
@@ -162,7 +171,7 @@ async fn start(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, peer, &headers)?;
+    authorize(state.token.as_deref(), peer, &headers)?;
     let previous = set_desired(&state, "running", &peer.to_string()).await?;
     state.handle.wake();
     let body = status_body(&state, Desired::Running);
@@ -185,7 +194,7 @@ async fn stop(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&state, peer, &headers)?;
+    authorize(state.token.as_deref(), peer, &headers)?;
     let previous = set_desired(&state, "stopped", &peer.to_string()).await?;
     state.handle.wake();
     let mut body = status_body(&state, Desired::Stopped);
@@ -202,7 +211,30 @@ async fn stop(
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::*;
+
+    #[test]
+    fn authorization_rules() {
+        let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        let remote: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let none = HeaderMap::new();
+        let mut proxied = HeaderMap::new();
+        proxied.insert("x-forwarded-for", "198.51.100.1".parse().unwrap());
+        let mut bearer = HeaderMap::new();
+        bearer.insert("authorization", "Bearer t0k".parse().unwrap());
+
+        assert!(authorize(None, loopback, &none).is_ok());
+        assert!(authorize(None, mapped, &none).is_ok());
+        let forbidden = |r: Result<(), ApiError>| matches!(r, Err(ApiError::Forbidden(_)));
+        assert!(forbidden(authorize(None, remote, &none)));
+        assert!(forbidden(authorize(None, loopback, &proxied)));
+        // With a token, the address does not matter but the token does.
+        assert!(authorize(Some("t0k"), remote, &bearer).is_ok());
+        let unauthorized = |r: Result<(), ApiError>| matches!(r, Err(ApiError::Unauthorized(_)));
+        assert!(unauthorized(authorize(Some("t0k"), loopback, &none)));
+        assert!(unauthorized(authorize(Some("other"), loopback, &bearer)));
+    }
 
     #[test]
     fn token_comparison() {

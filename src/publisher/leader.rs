@@ -94,7 +94,7 @@ impl Leader {
             Ok(Ok(desired)) => Ok(parse_desired(desired.as_deref(), autostart)),
             Ok(Err(e)) => {
                 self.session = None;
-                Err(anyhow::Error::new(e).context("Lost the leader-lock session"))
+                Err(anyhow::Error::new(e).context("Failed to read the desired state on the leader-lock session; leadership given up"))
             }
             Err(_) => {
                 self.session = None;

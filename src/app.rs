@@ -199,14 +199,14 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         );
     }
 
-    if roles.simulator {
-        if let Some((pool, _)) = pool.clone() {
-            tracker.spawn(sim::simulate::run(
-                pool,
-                sim_settings(&config),
-                cancel.clone(),
-            ));
-        }
+    if roles.simulator
+        && let Some((pool, _)) = pool.clone()
+    {
+        tracker.spawn(sim::simulate::run(
+            pool,
+            sim_settings(&config),
+            cancel.clone(),
+        ));
     }
 
     router = router.merge(http::router(http::HealthState {

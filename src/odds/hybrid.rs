@@ -445,12 +445,11 @@ mod tests {
             l in prop::option::of(prop::num::f64::ANY),
         ) {
             let outcomes: Vec<_> = raw.into_iter().enumerate().map(|(i, (p, v))| outcome(&format!("O{i}"), p, v)).collect();
-            match price_event(&outcomes, l, &OddsParams::default()) {
-                Ok(priced) => for o in priced.outcomes {
+            if let Ok(priced) = price_event(&outcomes, l, &OddsParams::default()) {
+                for o in priced.outcomes {
                     prop_assert!(o.probability.is_finite() && o.odds.is_finite());
                     prop_assert!((0.0..=1.0).contains(&o.probability));
-                },
-                Err(_) => {}
+                }
             }
         }
     }

@@ -96,10 +96,13 @@ pub async fn round(pool: &PgPool, rng: &mut StdRng, changes: usize) -> anyhow::R
     advance_live_events(pool, rng, (changes / 2).max(1)).await
 }
 
+/// id, sport, is_esports, elapsed, score of a live event.
+type LiveRow = (String, Option<String>, bool, Option<String>, Option<String>);
+
 /// Advances the clocks of a few live events; finishes the ones at full time and starts
 /// upcoming ones in their place.
 async fn advance_live_events(pool: &PgPool, rng: &mut StdRng, count: i64) -> anyhow::Result<()> {
-    let live: Vec<(String, Option<String>, bool, Option<String>, Option<String>)> = sqlx::query_as(
+    let live: Vec<LiveRow> = sqlx::query_as(
         "SELECT id, sport, is_esports, elapsed, score FROM events
           WHERE status = 'ACTIVE' AND event_type = 'live' ORDER BY random() LIMIT $1",
     )

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command: formatting, lints, then every test against real PostgreSQL and Redis.
+#   scripts/test.sh            everything
+#   scripts/test.sh publisher  only tests whose name matches (passed to cargo test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/services.sh
+
+export TEST_DATABASE_URL=${TEST_DATABASE_URL:-$PG_ADMIN_URL}
+export TEST_REDIS_URL=${TEST_REDIS_URL:-$REDIS_URL}
+
+# Databases left by interrupted runs (tests drop their own when they finish).
+for db in $(psql "$PG_ADMIN_URL/postgres" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'oddsfeed\_t\_%'"); do
+  psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null || true
+done
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --locked "$@"

@@ -8,6 +8,14 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use crate::broadcaster::auth::Verifier;
+use crate::broadcaster::relay::Relay;
+use crate::broadcaster::rooms::HubLimits;
+use crate::broadcaster::{Admission, BroadcasterState, Hub, SessionContext, SessionLimits};
 use crate::config::{Command, Config};
 use crate::publisher::control::{self, ControlState};
 use crate::publisher::{Leader, PublisherHandle, Scheduler, Source};
@@ -133,6 +141,85 @@ fn shutdown_signal() -> CancellationToken {
     token
 }
 
+/// Builds the broadcaster: hub, relay task, and the state of its routes.
+fn broadcaster(
+    config: &Config,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) -> (BroadcasterState, http::BroadcasterHealth) {
+    let hub = Hub::new(HubLimits {
+        replay_messages: config.replay_buffer_messages,
+        replay_bytes: config.replay_buffer_bytes,
+    });
+    let relay_connected = Arc::new(AtomicBool::new(false));
+    let relay = Relay {
+        hub: hub.clone(),
+        redis_url: config.redis_url.clone(),
+        channel: config.odds_channel.clone(),
+        bridged: config
+            .bridged_channels
+            .iter()
+            .filter(|c| !c.is_empty())
+            .cloned()
+            .collect(),
+        heartbeat: config.heartbeat_interval(),
+        connected: relay_connected.clone(),
+    };
+    tracker.spawn(relay.run(cancel.clone()));
+    let sessions = Arc::new(SessionContext {
+        hub: hub.clone(),
+        verifier: Verifier::new(config.jwt_secret.as_deref()),
+        limits: SessionLimits {
+            max_rooms: config.max_rooms_per_connection,
+            messages_per_minute: config.client_messages_per_minute,
+            max_message_bytes: config.max_client_message_bytes,
+            send_queue: config.send_queue_frames,
+            ping_interval: Duration::from_millis(config.ws_ping_interval_ms),
+            pong_timeout: Duration::from_millis(config.ws_pong_timeout_ms),
+        },
+        bridged_channels: config
+            .bridged_channels
+            .iter()
+            .filter(|c| !c.is_empty())
+            .cloned()
+            .collect(),
+        bridged_prefixes: config
+            .bridged_room_prefixes
+            .iter()
+            .filter(|c| !c.is_empty())
+            .cloned()
+            .collect(),
+        shutdown: cancel,
+    });
+    let admission = Arc::new(Admission::new(
+        config.max_connections,
+        config.max_connections_per_ip,
+        config
+            .allowed_origins
+            .iter()
+            .filter(|o| !o.is_empty())
+            .cloned()
+            .collect(),
+        config.max_client_message_bytes.saturating_mul(16),
+    ));
+    let node = format!("{:04x}", rand::random::<u16>());
+    let state = BroadcasterState {
+        sessions,
+        admission,
+        tracker,
+        node,
+        next_id: Arc::new(AtomicU64::new(1)),
+        relay_connected: relay_connected.clone(),
+    };
+    (
+        state,
+        http::BroadcasterHealth {
+            hub,
+            relay_connected,
+        },
+    )
+}
+
 /// The long-running modes: publisher and/or broadcaster, HTTP, optional simulator.
 async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -193,10 +280,12 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         publisher_handle = Some(handle);
     }
 
+    let mut broadcaster_health = None;
     if roles.broadcaster {
-        tracing::warn!(
-            "the WebSocket broadcaster is not built yet (issue 3); serving the publisher only"
-        );
+        config.validate_broadcaster()?;
+        let (state, health) = broadcaster(&config, cancel.clone(), tracker.clone());
+        router = router.merge(crate::broadcaster::router(state));
+        broadcaster_health = Some(health);
     }
 
     if roles.simulator
@@ -215,6 +304,7 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         pool: pool.map(|(p, _)| p),
         redis: health_redis,
         publisher: publisher_handle,
+        broadcaster: broadcaster_health,
     }));
 
     let listener = tokio::net::TcpListener::bind(config.listen_addr)

@@ -150,6 +150,111 @@ pub struct Config {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<String>,
 
+    /// Redis channels whose JSON messages are forwarded to WebSocket rooms (comma-separated).
+    #[arg(
+        long,
+        env = "BRIDGED_CHANNELS",
+        value_delimiter = ',',
+        default_value = "event-updates,chat-messages,admin-events,user-updates",
+        global = true
+    )]
+    pub bridged_channels: Vec<String>,
+
+    /// Prefixes of public bridged rooms besides the channel names (`chat` allows `chat:<id>`).
+    #[arg(
+        long,
+        env = "BRIDGED_ROOM_PREFIXES",
+        value_delimiter = ',',
+        default_value = "chat",
+        global = true
+    )]
+    pub bridged_room_prefixes: Vec<String>,
+
+    /// Origins allowed to open WebSockets (comma-separated, exact). Empty: any origin.
+    #[arg(
+        long,
+        env = "ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "",
+        global = true
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Most WebSocket connections this process holds.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, global = true)]
+    pub max_connections: usize,
+
+    /// Most WebSocket connections from one IP address.
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS_PER_IP",
+        default_value_t = 256,
+        global = true
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Most rooms one connection may be in.
+    #[arg(
+        long,
+        env = "MAX_ROOMS_PER_CONNECTION",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_rooms_per_connection: usize,
+
+    /// Client messages allowed per minute per connection (a token bucket).
+    #[arg(
+        long,
+        env = "CLIENT_MESSAGES_PER_MINUTE",
+        default_value_t = 100,
+        global = true
+    )]
+    pub client_messages_per_minute: u32,
+
+    /// Largest client message in bytes; larger ones get `too_large` (16x this closes with 1009).
+    #[arg(
+        long,
+        env = "MAX_CLIENT_MESSAGE_BYTES",
+        default_value_t = 4096,
+        global = true
+    )]
+    pub max_client_message_bytes: usize,
+
+    /// Frames queued per connection; a client that lets it fill is closed with 1013.
+    #[arg(long, env = "SEND_QUEUE_FRAMES", default_value_t = 1024, global = true)]
+    pub send_queue_frames: usize,
+
+    /// Milliseconds between WebSocket pings.
+    #[arg(
+        long,
+        env = "WS_PING_INTERVAL_MS",
+        default_value_t = 25_000,
+        global = true
+    )]
+    pub ws_ping_interval_ms: u64,
+
+    /// A connection that answered no ping for this many milliseconds is closed.
+    #[arg(
+        long,
+        env = "WS_PONG_TIMEOUT_MS",
+        default_value_t = 60_000,
+        global = true
+    )]
+    pub ws_pong_timeout_ms: u64,
+
+    /// Odds messages kept per room for resume.
+    #[arg(
+        long,
+        env = "REPLAY_BUFFER_MESSAGES",
+        default_value_t = 256,
+        global = true
+    )]
+    pub replay_buffer_messages: usize,
+
+    /// Bytes of odds messages kept per room for resume.
+    #[arg(long, env = "REPLAY_BUFFER_BYTES", default_value_t = 4 * 1024 * 1024, global = true)]
+    pub replay_buffer_bytes: usize,
+
     /// Log format: pretty or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,
@@ -223,6 +328,29 @@ impl Config {
             params.max_odds
         );
         Ok(params)
+    }
+
+    /// Checks the broadcaster's limits against each other.
+    pub fn validate_broadcaster(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.send_queue_frames > self.replay_buffer_messages + 8,
+            "SEND_QUEUE_FRAMES ({}) must exceed REPLAY_BUFFER_MESSAGES ({}) by more than 8, or a resume could overflow it",
+            self.send_queue_frames,
+            self.replay_buffer_messages
+        );
+        anyhow::ensure!(
+            self.ws_ping_interval_ms >= 100,
+            "WS_PING_INTERVAL_MS must be at least 100"
+        );
+        anyhow::ensure!(
+            self.ws_pong_timeout_ms > self.ws_ping_interval_ms,
+            "WS_PONG_TIMEOUT_MS must be longer than WS_PING_INTERVAL_MS"
+        );
+        anyhow::ensure!(
+            self.max_client_message_bytes >= 64,
+            "MAX_CLIENT_MESSAGE_BYTES must be at least 64"
+        );
+        Ok(())
     }
 
     /// The advisory-lock key: explicit, or a stable hash of the channel name so that

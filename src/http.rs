@@ -13,6 +13,10 @@ use redis::aio::ConnectionManager;
 use serde_json::json;
 use sqlx::PgPool;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::broadcaster::Hub;
 use crate::bus::now_ms;
 use crate::publisher::PublisherHandle;
 use crate::telemetry as m;
@@ -70,6 +74,16 @@ pub struct HealthState {
     pub redis: ConnectionManager,
     /// The local publisher, when this process runs one.
     pub publisher: Option<PublisherHandle>,
+    /// The local broadcaster, when this process runs one.
+    pub broadcaster: Option<BroadcasterHealth>,
+}
+
+/// What /health reads from the broadcaster.
+#[derive(Clone)]
+pub struct BroadcasterHealth {
+    pub hub: Hub,
+    /// True while the relay is subscribed to Redis.
+    pub relay_connected: Arc<AtomicBool>,
 }
 
 /// How long a dependency check may take before it counts as down.
@@ -132,10 +146,27 @@ async fn health(State(mut state): State<HealthState>) -> impl IntoResponse {
     let redis = check_redis(&mut state.redis).await;
     let ready = redis.is_ok() && postgres.as_ref().is_none_or(Result::is_ok);
     let publisher = state.publisher.as_ref().map(PublisherHandle::status);
-    let failing = publisher.as_ref().is_some_and(|p| p.last_error.is_some());
+    let publisher_failing = publisher.as_ref().is_some_and(|p| p.last_error.is_some());
+    let stream = state.broadcaster.as_ref().map(|b| {
+        let position = b.hub.position();
+        json!({
+            "subscribed": b.relay_connected.load(Ordering::Relaxed),
+            "publisher": if b.hub.publisher_live() { "live" } else { "stale" },
+            "epoch": position.as_ref().map(|p| p.0.clone()),
+            "seq": position.as_ref().map(|p| p.1),
+        })
+    });
+    let stream_failing = state
+        .broadcaster
+        .as_ref()
+        .is_some_and(|b| !b.relay_connected.load(Ordering::Relaxed) || !b.hub.publisher_live());
+    let connections = state
+        .broadcaster
+        .as_ref()
+        .map_or(0, |b| b.hub.connections());
     let mut body = json!({
-        "status": if ready && !failing { "ok" } else { "degraded" },
-        "connections": 0,
+        "status": if ready && !publisher_failing && !stream_failing { "ok" } else { "degraded" },
+        "connections": connections,
         "uptime": state.started.elapsed().as_secs(),
         "timestamp": now_ms(),
         "redis": dependency("redis", &redis),
@@ -145,6 +176,9 @@ async fn health(State(mut state): State<HealthState>) -> impl IntoResponse {
     }
     if let Some(status) = publisher {
         body["publisher"] = json!(status);
+    }
+    if let Some(stream) = stream {
+        body["stream"] = stream;
     }
     let code = if ready {
         StatusCode::OK

@@ -6,7 +6,9 @@
 //! PostgreSQL ─(sql/active_events.sql every tick)─▶ publisher::source
 //!   ─▶ odds::hybrid (pure) ─▶ odds::book (published state, diff) ─▶ bus::redis
 //!   (WATCH meta; MULTI HSET/HDEL state, HSET meta, PUBLISH sports-odds; EXEC)
-//!   ─▶ broadcaster (issue 3: relay, rooms, sessions over WebSocket)
+//!   ─▶ broadcaster::relay (copy of the book, seq check, resync from the state keys)
+//!   ─▶ broadcaster::rooms (sport:all, sport:<key>, event:<id>, bridged; shared frames)
+//!   ─▶ broadcaster::session (one task pair per socket, bounded queue)
 //! ```
 //!
 //! Module map:
@@ -16,6 +18,7 @@
 //! | [`config`] | the one `Config` (clap + env), subcommands, documented defaults |
 //! | [`odds`] | pure domain: [`odds::hybrid`] formula, [`odds::event`] wire types, [`odds::book`] state + diff |
 //! | [`publisher`] | [`publisher::source`] SQL reads, [`publisher::scheduler`] tick loop, [`publisher::leader`] advisory lock, [`publisher::control`] HTTP start/stop/status |
+//! | [`broadcaster`] | [`broadcaster::relay`] Redis → hub, [`broadcaster::rooms`] hub and fan-out, [`broadcaster::session`] one socket, [`broadcaster::protocol`] messages, [`broadcaster::auth`] JWT |
 //! | [`bus`] | [`bus::redis`]: fenced MULTI/EXEC publish with the state keys, heartbeats, state loading |
 //! | [`http`] | `/health`, `/metrics`, the HTTP error type |
 //! | [`db`] | PostgreSQL connect options, lazy pool, migrations |
@@ -24,6 +27,7 @@
 //! | [`app`] | wiring of the subcommands, graceful shutdown |
 
 pub mod app;
+pub mod broadcaster;
 pub mod bus;
 pub mod config;
 pub mod db;

@@ -26,6 +26,23 @@ pub const PUBLISHER_RUNNING: &str = "oddsfeed_publisher_running";
 pub const PUBLISHER_SEQ: &str = "oddsfeed_publisher_seq";
 pub const LEADER_CHANGES: &str = "oddsfeed_leader_changes_total";
 pub const STATE_RELOADS: &str = "oddsfeed_state_reloads_total";
+// Broadcaster.
+pub const WS_CONNECTIONS: &str = "oddsfeed_ws_connections";
+pub const WS_CONNECTIONS_TOTAL: &str = "oddsfeed_ws_connections_total";
+pub const WS_REJECTED_CONNECTIONS: &str = "oddsfeed_ws_rejected_connections_total";
+pub const WS_ROOMS: &str = "oddsfeed_ws_rooms";
+pub const WS_SUBSCRIPTIONS: &str = "oddsfeed_ws_subscriptions";
+pub const WS_MESSAGES_SENT: &str = "oddsfeed_ws_messages_sent_total";
+pub const WS_BYTES_SENT: &str = "oddsfeed_ws_sent_bytes_total";
+pub const WS_SLOW_CLIENTS_CLOSED: &str = "oddsfeed_ws_slow_clients_closed_total";
+pub const WS_CLIENT_ERRORS: &str = "oddsfeed_ws_client_errors_total";
+pub const WS_PONG_TIMEOUTS: &str = "oddsfeed_ws_pong_timeouts_total";
+pub const WS_RESUMES: &str = "oddsfeed_ws_resumes_total";
+pub const RELAY_LATENCY: &str = "oddsfeed_relay_receive_latency_seconds";
+pub const DELIVERY_LATENCY: &str = "oddsfeed_delivery_latency_seconds";
+pub const BROWSER_LATENCY: &str = "oddsfeed_browser_latency_seconds";
+pub const RELAY_RESYNCS: &str = "oddsfeed_relay_resyncs_total";
+pub const RELAY_DROPPED: &str = "oddsfeed_relay_dropped_messages_total";
 // Shared.
 pub const ERRORS: &str = "oddsfeed_errors_total";
 pub const DEPENDENCY_UP: &str = "oddsfeed_dependency_up";

@@ -404,3 +404,190 @@ pub fn publisher_env(db: &TestDb, redis_url: &str) -> (Vec<(&'static str, String
         channel,
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket clients.
+
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A real WebSocket client over TCP.
+pub struct WsClient {
+    pub stream: WsStream,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str) -> Self {
+        let (stream, _) = timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .expect("connect in time")
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        Self { stream }
+    }
+
+    /// Connects and consumes the `welcome`.
+    pub async fn connect_welcomed(url: &str) -> (Self, Value) {
+        let mut client = Self::connect(url).await;
+        let welcome = client
+            .next_json(Duration::from_secs(10))
+            .await
+            .expect("welcome");
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (client, welcome)
+    }
+
+    pub async fn send(&mut self, value: Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.stream.send(WsMessage::text(text)).await.expect("send");
+    }
+
+    /// The next JSON text frame, or `None` after `wait` or when the connection ends.
+    pub async fn next_json(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, self.stream.next()).await.ok()?? {
+                Ok(WsMessage::Text(t)) => {
+                    return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"));
+                }
+                Ok(WsMessage::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// The next frame of `type`, skipping others (panics after `wait`).
+    pub async fn expect_type(&mut self, kind: &str, wait: Duration) -> Value {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_json(left).await {
+                Some(v) if v["type"] == kind => return v,
+                Some(_) => continue,
+                None => panic!("no {kind} message within {wait:?}"),
+            }
+        }
+    }
+
+    /// Reads until the close frame; returns its code (`None` if the stream ended without one).
+    pub async fn close_code(&mut self, wait: Duration) -> Option<u16> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, self.stream.next()).await {
+                Ok(Some(Ok(WsMessage::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_))) | Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a ping message and waits for the `pong`, proving the connection still works.
+    pub async fn assert_usable(&mut self) {
+        self.send(serde_json::json!({"type": "ping", "id": "alive"}))
+            .await;
+        let pong = self.expect_type("pong", Duration::from_secs(5)).await;
+        assert_eq!(pong["id"], "alive");
+    }
+}
+
+/// What a client knows of one odds room: applies snapshots and diffs, and records every seq
+/// discontinuity it sees.
+#[derive(Debug, Default, Clone)]
+pub struct RoomView {
+    pub epoch: String,
+    pub seq: u64,
+    pub events: BTreeMap<String, Value>,
+    pub gaps: Vec<(u64, u64)>,
+    pub snapshots: usize,
+    pub diffs: usize,
+}
+
+impl RoomView {
+    /// Applies one server frame addressed to this room; ignores others.
+    pub fn apply(&mut self, msg: &Value) {
+        match msg["type"].as_str() {
+            Some("snapshot") => {
+                self.epoch = msg["epoch"].as_str().unwrap_or_default().to_string();
+                self.seq = msg["seq"].as_u64().unwrap_or(0);
+                self.events = msg["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| (e["id"].as_str().unwrap_or_default().to_string(), e.clone()))
+                    .collect();
+                self.snapshots += 1;
+            }
+            Some("odds") => {
+                let seq = msg["seq"].as_u64().unwrap_or(0);
+                if seq != self.seq + 1 || msg["epoch"].as_str() != Some(self.epoch.as_str()) {
+                    self.gaps.push((self.seq, seq));
+                }
+                self.seq = seq;
+                for id in msg["removals"].as_array().into_iter().flatten() {
+                    self.events.remove(id.as_str().unwrap_or_default());
+                }
+                for e in msg["upserts"].as_array().into_iter().flatten() {
+                    self.events
+                        .insert(e["id"].as_str().unwrap_or_default().to_string(), e.clone());
+                }
+                self.diffs += 1;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The odds state as stored in Redis: (meta, events by id).
+pub async fn stored_state(
+    redis_url: &str,
+    channel: &str,
+) -> (BTreeMap<String, String>, BTreeMap<String, Value>) {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (meta, events): (BTreeMap<String, String>, BTreeMap<String, String>) = redis::pipe()
+        .atomic()
+        .hgetall(format!("{channel}:state:meta"))
+        .hgetall(format!("{channel}:state:events"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let events = events
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::from_str(&v).unwrap()))
+        .collect();
+    (meta, events)
+}
+
+/// Publishes a raw message on a Redis channel.
+pub async fn redis_publish(redis_url: &str, channel: &str, payload: &str) {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Resident memory of a process in KiB (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,201 @@
+//! Redis → rooms. Subscribes to the odds channel and the bridged channels, keeps the hub's
+//! book in step with the publisher, and heals every gap from the state keys.
+//!
+//! Order of operations on (re)connect: SUBSCRIBE first, then load the state keys, then apply
+//! the buffered messages. A message published between the two is either already in the loaded
+//! state (its seq is not above the book's: ignored) or the next one (applied), so nothing is
+//! lost or applied twice. A seq gap, a new epoch or a heartbeat that is ahead of the book
+//! triggers a reload, after which every odds room whose position changed gets a snapshot.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use metrics::{counter, histogram};
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::rooms::{Applied, Hub};
+use crate::bus::{StateKeys, load_state, now_ms};
+use crate::odds::ChannelMessage;
+use crate::telemetry as m;
+
+/// Everything the relay needs.
+pub struct Relay {
+    pub hub: Hub,
+    pub redis_url: String,
+    /// The odds channel (`sports-odds`).
+    pub channel: String,
+    /// Channels whose JSON messages are forwarded to rooms (CONTRACT §6).
+    pub bridged: Vec<String>,
+    /// The publisher's heartbeat interval; 3 of them without a message means stale.
+    pub heartbeat: Duration,
+    /// Shared with /health: whether the relay is subscribed right now.
+    pub connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    /// Runs until cancelled, reconnecting with backoff (100 ms doubling to 5 s).
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_seen = Instant::now();
+        loop {
+            if cancel.is_cancelled() {
+                break;
+            }
+            match self.session(&cancel, &mut last_seen).await {
+                Ok(()) => break,
+                Err(error) => {
+                    self.connected
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    counter!(m::ERRORS, "kind" => "relay").increment(1);
+                    tracing::warn!(error = format!("{error:#}"), retry_in = ?backoff, "relay lost Redis");
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            // Silence during the outage counts towards staleness.
+            self.check_stale(last_seen);
+        }
+        self.connected
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check_stale(&self, last_seen: Instant) {
+        if last_seen.elapsed() > self.heartbeat * 3 && self.hub.publisher_live() {
+            tracing::warn!("no message from the publisher for 3 heartbeat intervals: stale");
+            self.hub.set_publisher_live(false);
+        }
+    }
+
+    /// One connection's life: subscribe, load, relay. Returns `Ok` only when cancelled.
+    async fn session(
+        &self,
+        cancel: &CancellationToken,
+        last_seen: &mut Instant,
+    ) -> anyhow::Result<()> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        let mut pubsub = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out connecting to Redis"))??;
+        pubsub.subscribe(&self.channel).await?;
+        for channel in &self.bridged {
+            pubsub.subscribe(channel).await?;
+        }
+        let mut state_conn = crate::bus::connection(&self.redis_url)?;
+        let keys = StateKeys::for_channel(&self.channel);
+        self.reload(&mut state_conn, &keys, "connect").await?;
+        self.connected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(channel = %self.channel, bridged = ?self.bridged, "relay subscribed");
+
+        let mut stream = pubsub.into_on_message();
+        let mut stale_check = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = stale_check.tick() => self.check_stale(*last_seen),
+                msg = stream.next() => {
+                    let Some(msg) = msg else { anyhow::bail!("the Redis subscription ended") };
+                    let channel = msg.get_channel_name().to_string();
+                    let payload: String = match msg.get_payload() {
+                        Ok(p) => p,
+                        Err(e) => {
+                            counter!(m::RELAY_DROPPED, "reason" => "not_text").increment(1);
+                            tracing::warn!(%channel, error = %e, "dropping a non-text message");
+                            continue;
+                        }
+                    };
+                    if channel == self.channel {
+                        *last_seen = Instant::now();
+                        self.hub.set_publisher_live(true);
+                        self.on_odds_channel(&payload, &mut state_conn, &keys).await?;
+                    } else {
+                        self.on_bridged(&channel, &payload);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reload(
+        &self,
+        conn: &mut redis::aio::ConnectionManager,
+        keys: &StateKeys,
+        reason: &'static str,
+    ) -> anyhow::Result<()> {
+        let state = load_state(conn, keys).await?;
+        counter!(m::RELAY_RESYNCS, "reason" => reason).increment(1);
+        tracing::info!(
+            reason,
+            epoch = state.as_ref().map(|s| s.epoch.as_str()),
+            seq = state.as_ref().map(|s| s.seq),
+            "relay loaded the state"
+        );
+        self.hub.resync(state);
+        Ok(())
+    }
+
+    async fn on_odds_channel(
+        &self,
+        payload: &str,
+        conn: &mut redis::aio::ConnectionManager,
+        keys: &StateKeys,
+    ) -> anyhow::Result<()> {
+        let message: ChannelMessage = match serde_json::from_str(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                counter!(m::RELAY_DROPPED, "reason" => "malformed").increment(1);
+                tracing::warn!(error = %e, "dropping a malformed message on the odds channel");
+                return Ok(());
+            }
+        };
+        match message {
+            ChannelMessage::Odds(odds) => {
+                let latency_ms = (now_ms() - odds.published_at).max(0);
+                histogram!(m::RELAY_LATENCY).record(latency_ms as f64 / 1e3);
+                match self.hub.apply(&odds) {
+                    Applied::Yes | Applied::Duplicate => {}
+                    Applied::Gap { expected, got } => {
+                        tracing::warn!(expected, got, epoch = %odds.epoch, "gap in the odds stream");
+                        self.reload(conn, keys, "gap").await?;
+                    }
+                }
+            }
+            ChannelMessage::Heartbeat(hb) => {
+                let behind = match self.hub.position() {
+                    Some((epoch, seq)) => epoch != hb.epoch || seq < hb.seq,
+                    None => true,
+                };
+                if behind {
+                    self.reload(conn, keys, "heartbeat").await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_bridged(&self, channel: &str, payload: &str) {
+        let data: Value = match serde_json::from_str(payload) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                counter!(m::RELAY_DROPPED, "reason" => "bridged_not_json_object").increment(1);
+                tracing::debug!(
+                    channel,
+                    "dropping a bridged message that is not a JSON object"
+                );
+                return;
+            }
+        };
+        let room = data
+            .get("room")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+            .unwrap_or(channel)
+            .to_string();
+        self.hub.bridged(channel, &room, &data);
+    }
+}

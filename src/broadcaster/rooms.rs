@@ -1,0 +1,750 @@
+//! The room registry and fan-out: the broadcaster's copy of the book, the odds rooms with their
+//! seq and replay buffers, bridged rooms, and every session's bounded send queue.
+//!
+//! One mutex guards the book and the rooms together. That is what makes a subscription exact:
+//! the snapshot (or the replayed messages) and joining the room happen in one critical section,
+//! so no message can fall between them or be delivered twice. Every frame is serialised once
+//! per room and the same `Utf8Bytes` is handed to every member; a member whose queue is full is
+//! closed with 1013 instead of slowing the room down.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use metrics::{counter, gauge};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{ErrorCode, Rejection, ServerMessage};
+use crate::bus::StoredState;
+use crate::odds::{Book, Delta, Event, OddsMessage};
+use crate::telemetry as m;
+
+/// Close code for a client that cannot keep up (RFC 6455 "try again later").
+pub const CLOSE_SLOW_CLIENT: u16 = 1013;
+
+/// Identifies one WebSocket connection within this process.
+pub type ClientId = u64;
+
+/// What kind of room a frame comes from, for the latency histogram's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoomKind {
+    /// `sport:all`.
+    All,
+    /// `sport:<key>`.
+    Sport,
+    /// `event:<id>`.
+    Event,
+    /// A room fed by a bridged channel.
+    Bridged,
+    /// A reply to one client.
+    Reply,
+}
+
+impl RoomKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            RoomKind::All => "all",
+            RoomKind::Sport => "sport",
+            RoomKind::Event => "event",
+            RoomKind::Bridged => "bridged",
+            RoomKind::Reply => "reply",
+        }
+    }
+
+    /// The kind of odds room a name denotes, if it is one.
+    pub fn of_odds_room(room: &str) -> Option<RoomKind> {
+        if room == "sport:all" {
+            Some(RoomKind::All)
+        } else if room.starts_with("sport:") {
+            Some(RoomKind::Sport)
+        } else if room.starts_with("event:") {
+            Some(RoomKind::Event)
+        } else {
+            None
+        }
+    }
+}
+
+/// One frame on its way to a socket.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The JSON text, shared between all members of a room.
+    pub text: Utf8Bytes,
+    /// `publishedAt` of the odds message it carries, for the end-to-end latency histogram.
+    pub published_at: Option<i64>,
+    pub kind: RoomKind,
+}
+
+impl Outbound {
+    pub fn reply(text: String) -> Self {
+        Self {
+            text: text.into(),
+            published_at: None,
+            kind: RoomKind::Reply,
+        }
+    }
+}
+
+/// How a session is reached: its bounded queue, and a way to close it from outside.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub id: ClientId,
+    /// Bounded: `try_send` only, never waits.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled to close the connection with `close_code`.
+    pub close: CancellationToken,
+    /// The close code to send when `close` fires (1013 for a slow client, 1001 on shutdown).
+    pub close_code: Arc<AtomicU16>,
+}
+
+impl SessionHandle {
+    /// Queues a frame; a full queue closes the session as a slow client.
+    pub fn send(&self, frame: Outbound) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close_with(CLOSE_SLOW_CLIENT);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub fn close_with(&self, code: u16) {
+        if !self.close.is_cancelled() {
+            if code == CLOSE_SLOW_CLIENT {
+                counter!(m::WS_SLOW_CLIENTS_CLOSED).increment(1);
+                tracing::info!(
+                    client = self.id,
+                    "closing a client whose send queue is full"
+                );
+            }
+            let _ = self
+                .close_code
+                .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+            self.close.cancel();
+        }
+    }
+}
+
+/// A replayable frame of an odds room.
+#[derive(Debug, Clone)]
+struct Buffered {
+    seq: u64,
+    frame: Outbound,
+}
+
+/// One room.
+#[derive(Debug)]
+struct Room {
+    kind: RoomKind,
+    /// Odds rooms: seq of the last message (the sport's seq, the global seq, or the event's
+    /// version).
+    seq: u64,
+    members: HashMap<ClientId, SessionHandle>,
+    /// Odds rooms: the last messages, for resume.
+    replay: VecDeque<Buffered>,
+    replay_bytes: usize,
+    /// Odds rooms: the serialised snapshot at (epoch, seq), shared by everyone joining at once.
+    snapshot: Option<(u64, Utf8Bytes)>,
+}
+
+impl Room {
+    fn new(kind: RoomKind) -> Self {
+        Self {
+            kind,
+            seq: 0,
+            members: HashMap::new(),
+            replay: VecDeque::new(),
+            replay_bytes: 0,
+            snapshot: None,
+        }
+    }
+}
+
+/// Limits the hub enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    /// Messages kept per odds room for resume.
+    pub replay_messages: usize,
+    /// Bytes kept per odds room for resume.
+    pub replay_bytes: usize,
+}
+
+/// Whether an incoming odds message could be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied and fanned out.
+    Yes,
+    /// Already reflected (a message published before the state was loaded): ignored.
+    Duplicate,
+    /// A seq is missing or the epoch changed: the state must be reloaded.
+    Gap { expected: u64, got: u64 },
+}
+
+struct Inner {
+    /// The broadcaster's copy of the published state; `None` until the first load.
+    book: Option<Book>,
+    rooms: HashMap<String, Room>,
+    /// False after 3 heartbeat intervals without a message from the publisher.
+    publisher_live: bool,
+    /// Sessions and the rooms they are in, for `rooms` and cleanup.
+    sessions: HashMap<ClientId, HashSet<String>>,
+}
+
+/// The shared registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Mutex<Inner>>,
+    limits: HubLimits,
+}
+
+fn publishing_order(a: &&Event, b: &&Event) -> std::cmp::Ordering {
+    b.view
+        .live
+        .cmp(&a.view.live)
+        .then_with(|| match (a.view.start_time, b.view.start_time) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        })
+        .then_with(|| a.id.cmp(&b.id))
+}
+
+impl Inner {
+    fn epoch(&self) -> &str {
+        self.book.as_ref().map_or("", Book::epoch)
+    }
+
+    /// The current seq of an odds room, computed from the book.
+    fn odds_room_seq(&self, room: &str) -> u64 {
+        let Some(book) = &self.book else { return 0 };
+        match RoomKind::of_odds_room(room) {
+            Some(RoomKind::All) => book.seq(),
+            Some(RoomKind::Sport) => book
+                .sport_seqs()
+                .get(&room["sport:".len()..])
+                .copied()
+                .unwrap_or(0),
+            Some(RoomKind::Event) => book.get(&room["event:".len()..]).map_or(0, |e| e.version),
+            _ => 0,
+        }
+    }
+
+    /// Whether an odds room names something that exists.
+    fn odds_room_exists(&self, room: &str) -> bool {
+        match RoomKind::of_odds_room(room) {
+            Some(RoomKind::All) => true,
+            Some(RoomKind::Sport) => {
+                let key = &room["sport:".len()..];
+                self.book.as_ref().is_some_and(|b| {
+                    b.sport_seqs().contains_key(key) || b.events().any(|e| e.view.sport == key)
+                })
+            }
+            Some(RoomKind::Event) => self
+                .book
+                .as_ref()
+                .is_some_and(|b| b.get(&room["event:".len()..]).is_some()),
+            _ => false,
+        }
+    }
+
+    fn snapshot_frame(&mut self, room: &str) -> Outbound {
+        let seq = self.odds_room_seq(room);
+        let epoch = self.epoch().to_string();
+        if let Some(Room {
+            snapshot: Some((cached_seq, text)),
+            ..
+        }) = self.rooms.get(room)
+            && *cached_seq == seq
+        {
+            return Outbound {
+                text: text.clone(),
+                published_at: None,
+                kind: RoomKind::of_odds_room(room).unwrap_or(RoomKind::All),
+            };
+        }
+        let mut events: Vec<&Event> = match (&self.book, RoomKind::of_odds_room(room)) {
+            (Some(book), Some(RoomKind::All)) => book.events().collect(),
+            (Some(book), Some(RoomKind::Sport)) => {
+                let key = &room["sport:".len()..];
+                book.events().filter(|e| e.view.sport == key).collect()
+            }
+            (Some(book), Some(RoomKind::Event)) => {
+                book.get(&room["event:".len()..]).into_iter().collect()
+            }
+            _ => Vec::new(),
+        };
+        events.sort_by(publishing_order);
+        let text: Utf8Bytes = ServerMessage::Snapshot {
+            room,
+            epoch: &epoch,
+            seq,
+            events,
+        }
+        .to_json()
+        .into();
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.snapshot = Some((seq, text.clone()));
+        }
+        Outbound {
+            text,
+            published_at: None,
+            kind: RoomKind::of_odds_room(room).unwrap_or(RoomKind::All),
+        }
+    }
+
+    /// Delivers a frame to every member of a room, buffering it for resume when `seq` is set.
+    fn deliver(&mut self, room: &str, frame: Outbound, seq: Option<u64>, limits: &HubLimits) {
+        let Some(r) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if let Some(seq) = seq {
+            r.seq = seq;
+            r.snapshot = None;
+            r.replay_bytes += frame.text.len();
+            r.replay.push_back(Buffered {
+                seq,
+                frame: frame.clone(),
+            });
+            while r.replay.len() > limits.replay_messages || r.replay_bytes > limits.replay_bytes {
+                match r.replay.pop_front() {
+                    Some(old) => r.replay_bytes -= old.frame.text.len(),
+                    None => break,
+                }
+            }
+        }
+        let mut sent = 0u64;
+        for member in r.members.values() {
+            if member.send(frame.clone()) {
+                sent += 1;
+            }
+        }
+        if sent > 0 {
+            counter!(m::WS_MESSAGES_SENT, "kind" => frame.kind.label()).increment(sent);
+            counter!(m::WS_BYTES_SENT).increment(sent * frame.text.len() as u64);
+        }
+    }
+
+    fn update_gauges(&self) {
+        gauge!(m::WS_ROOMS).set(
+            self.rooms
+                .values()
+                .filter(|r| !r.members.is_empty())
+                .count() as f64,
+        );
+        gauge!(m::WS_SUBSCRIPTIONS)
+            .set(self.rooms.values().map(|r| r.members.len()).sum::<usize>() as f64);
+    }
+}
+
+impl Hub {
+    pub fn new(limits: HubLimits) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                book: None,
+                rooms: HashMap::new(),
+                publisher_live: true,
+                sessions: HashMap::new(),
+            })),
+            limits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves the data consistent before any call that could panic.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a session.
+    pub fn connect(&self, id: ClientId) {
+        self.lock().sessions.insert(id, HashSet::new());
+    }
+
+    /// Removes a session from every room.
+    pub fn disconnect(&self, id: ClientId) {
+        let mut inner = self.lock();
+        let rooms = inner.sessions.remove(&id).unwrap_or_default();
+        for room in rooms {
+            leave(&mut inner, &room, id);
+        }
+        inner.update_gauges();
+    }
+
+    pub fn connections(&self) -> usize {
+        self.lock().sessions.len()
+    }
+
+    /// Rooms a session is in, sorted.
+    pub fn rooms_of(&self, id: ClientId) -> Vec<String> {
+        let inner = self.lock();
+        let mut rooms: Vec<String> = inner
+            .sessions
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        rooms.sort();
+        rooms
+    }
+
+    /// The current epoch and global seq, if a stream has been loaded.
+    pub fn position(&self) -> Option<(String, u64)> {
+        let inner = self.lock();
+        inner
+            .book
+            .as_ref()
+            .map(|b| (b.epoch().to_string(), b.seq()))
+    }
+
+    pub fn publisher_live(&self) -> bool {
+        self.lock().publisher_live
+    }
+
+    /// Joins a room. For an odds room the reply is followed, in order, by a snapshot, or by
+    /// the missed messages when `resume` names a seq still in the replay buffer, or by nothing
+    /// when the client is already up to date. Access rules are the caller's.
+    pub fn subscribe(
+        &self,
+        session: &SessionHandle,
+        room: &str,
+        resume: Option<(String, u64)>,
+        id: Option<&Value>,
+        max_rooms: usize,
+    ) -> Result<(), Rejection> {
+        let mut inner = self.lock();
+        let kind = RoomKind::of_odds_room(room);
+        let already = inner
+            .sessions
+            .get(&session.id)
+            .is_some_and(|r| r.contains(room));
+        if !already
+            && inner
+                .sessions
+                .get(&session.id)
+                .is_some_and(|r| r.len() >= max_rooms)
+        {
+            return Err(Rejection::new(
+                ErrorCode::TooManyRooms,
+                format!("at most {max_rooms} rooms per connection"),
+                id.cloned(),
+            ));
+        }
+        if kind.is_some() && !inner.odds_room_exists(room) {
+            return Err(Rejection::new(
+                ErrorCode::UnknownRoom,
+                format!("no such room: {room}"),
+                id.cloned(),
+            ));
+        }
+        session.send(Outbound::reply(
+            ServerMessage::Subscribed { room, id }.to_json(),
+        ));
+        if let Some(kind) = kind {
+            let seq = inner.odds_room_seq(room);
+            let epoch = inner.epoch().to_string();
+            let room_entry = inner
+                .rooms
+                .entry(room.to_string())
+                .or_insert_with(|| Room::new(kind));
+            if room_entry.seq == 0 {
+                room_entry.seq = seq;
+            }
+            let replay: Option<Vec<Outbound>> = match &resume {
+                Some((e, from)) if *e == epoch && *from == seq => Some(Vec::new()),
+                Some((e, from)) if *e == epoch && *from < seq => {
+                    let missed: Vec<Outbound> = room_entry
+                        .replay
+                        .iter()
+                        .filter(|b| b.seq > *from)
+                        .map(|b| b.frame.clone())
+                        .collect();
+                    let first = room_entry
+                        .replay
+                        .iter()
+                        .find(|b| b.seq > *from)
+                        .map(|b| b.seq);
+                    (first == Some(from + 1) && missed.len() as u64 == seq - from).then_some(missed)
+                }
+                _ => None,
+            };
+            match replay {
+                Some(missed) => {
+                    counter!(m::WS_RESUMES, "result" => if missed.is_empty() { "current" } else { "replayed" })
+                        .increment(1);
+                    for frame in missed {
+                        session.send(frame);
+                    }
+                }
+                None => {
+                    if resume.is_some() {
+                        counter!(m::WS_RESUMES, "result" => "snapshot").increment(1);
+                    }
+                    let frame = inner.snapshot_frame(room);
+                    session.send(frame);
+                }
+            }
+            if !inner.publisher_live {
+                session.send(Outbound::reply(
+                    ServerMessage::Status {
+                        room,
+                        publisher: "stale",
+                    }
+                    .to_json(),
+                ));
+            }
+        }
+        let room_kind = kind.unwrap_or(RoomKind::Bridged);
+        inner
+            .rooms
+            .entry(room.to_string())
+            .or_insert_with(|| Room::new(room_kind))
+            .members
+            .insert(session.id, session.clone());
+        inner
+            .sessions
+            .entry(session.id)
+            .or_default()
+            .insert(room.to_string());
+        inner.update_gauges();
+        Ok(())
+    }
+
+    /// Leaves a room; returns whether the session was in it.
+    pub fn unsubscribe(&self, id: ClientId, room: &str) -> bool {
+        let mut inner = self.lock();
+        let was = inner.sessions.get_mut(&id).is_some_and(|r| r.remove(room));
+        if was {
+            leave(&mut inner, room, id);
+        }
+        inner.update_gauges();
+        was
+    }
+
+    /// Replaces the book with a state loaded from Redis and brings every odds room's members
+    /// to it: a fresh snapshot wherever the room's position changed.
+    pub fn resync(&self, state: Option<StoredState>) {
+        let mut inner = self.lock();
+        let old_epoch = inner.epoch().to_string();
+        inner.book = state.map(StoredState::into_book);
+        let new_epoch = inner.epoch().to_string();
+        let names: Vec<String> = inner
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.kind != RoomKind::Bridged)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let seq = inner.odds_room_seq(&name);
+            let (unchanged, has_members) = match inner.rooms.get(&name) {
+                Some(r) => (
+                    old_epoch == new_epoch && r.seq == seq,
+                    !r.members.is_empty(),
+                ),
+                None => continue,
+            };
+            if unchanged {
+                continue;
+            }
+            if let Some(r) = inner.rooms.get_mut(&name) {
+                r.replay.clear();
+                r.replay_bytes = 0;
+                r.snapshot = None;
+                r.seq = seq;
+            }
+            if has_members {
+                let frame = inner.snapshot_frame(&name);
+                inner.deliver(&name, frame, None, &self.limits);
+            }
+        }
+    }
+
+    /// Applies one odds message to the book and fans it out to the odds rooms.
+    pub fn apply(&self, msg: &OddsMessage) -> Applied {
+        let mut inner = self.lock();
+        let Some(book) = &inner.book else {
+            return Applied::Gap {
+                expected: 1,
+                got: msg.seq,
+            };
+        };
+        if book.epoch() != msg.epoch {
+            return Applied::Gap {
+                expected: 1,
+                got: msg.seq,
+            };
+        }
+        if msg.seq <= book.seq() {
+            return Applied::Duplicate;
+        }
+        if msg.seq != book.seq() + 1 {
+            return Applied::Gap {
+                expected: book.seq() + 1,
+                got: msg.seq,
+            };
+        }
+        let delta = Delta {
+            seq: msg.seq,
+            sports: msg.sports.clone(),
+        };
+        let published_at = Some(msg.published_at);
+        let epoch = msg.epoch.as_str();
+        let frame =
+            |room: &str, seq: u64, upserts: Vec<&Event>, removals: Vec<&str>, kind: RoomKind| {
+                Outbound {
+                    text: ServerMessage::Odds {
+                        room,
+                        epoch,
+                        seq,
+                        published_at: msg.published_at,
+                        upserts,
+                        removals,
+                    }
+                    .to_json()
+                    .into(),
+                    published_at,
+                    kind,
+                }
+            };
+
+        // sport:all: every change; an event that moved sport is only upserted.
+        let upserted: HashSet<&str> = msg
+            .sports
+            .values()
+            .flat_map(|b| &b.upserts)
+            .map(|e| e.id.as_str())
+            .collect();
+        let all_upserts: Vec<&Event> = msg.sports.values().flat_map(|b| &b.upserts).collect();
+        let all_removals: Vec<&str> = msg
+            .sports
+            .values()
+            .flat_map(|b| &b.removals)
+            .map(String::as_str)
+            .filter(|id| !upserted.contains(id))
+            .collect();
+        let mut frames: Vec<(String, Outbound, u64)> = Vec::new();
+        frames.push((
+            "sport:all".into(),
+            frame(
+                "sport:all",
+                msg.seq,
+                all_upserts,
+                all_removals.clone(),
+                RoomKind::All,
+            ),
+            msg.seq,
+        ));
+        for (sport, block) in &msg.sports {
+            let room = format!("sport:{sport}");
+            let upserts = block.upserts.iter().collect();
+            let removals = block.removals.iter().map(String::as_str).collect();
+            let f = frame(&room, block.seq, upserts, removals, RoomKind::Sport);
+            frames.push((room, f, block.seq));
+        }
+        // event:<id> rooms exist only while someone is in them.
+        for event in msg.sports.values().flat_map(|b| &b.upserts) {
+            let room = format!("event:{}", event.id);
+            if inner.rooms.contains_key(&room) {
+                let f = frame(&room, event.version, vec![event], vec![], RoomKind::Event);
+                frames.push((room, f, event.version));
+            }
+        }
+        for id in &all_removals {
+            let room = format!("event:{id}");
+            if let Some(r) = inner.rooms.get(&room) {
+                let seq = r.seq + 1;
+                let f = frame(&room, seq, vec![], vec![id], RoomKind::Event);
+                frames.push((room, f, seq));
+            }
+        }
+
+        if let Some(book) = inner.book.as_mut() {
+            book.apply(&delta);
+        }
+        for (room, f, seq) in frames {
+            let kind = f.kind;
+            inner
+                .rooms
+                .entry(room.clone())
+                .or_insert_with(|| Room::new(kind));
+            inner.deliver(&room, f, Some(seq), &self.limits);
+        }
+        Applied::Yes
+    }
+
+    /// Sends a bridged message to the members of `room` (dropped when nobody is in it).
+    pub fn bridged(&self, channel: &str, room: &str, data: &Value) {
+        let mut inner = self.lock();
+        if inner.rooms.get(room).is_none_or(|r| r.members.is_empty()) {
+            return;
+        }
+        let frame = Outbound {
+            text: ServerMessage::Message {
+                room,
+                channel,
+                data,
+            }
+            .to_json()
+            .into(),
+            published_at: None,
+            kind: RoomKind::Bridged,
+        };
+        inner.deliver(room, frame, None, &self.limits);
+    }
+
+    /// Records whether the publisher is live and tells every odds room when that changes.
+    pub fn set_publisher_live(&self, live: bool) {
+        let mut inner = self.lock();
+        if inner.publisher_live == live {
+            return;
+        }
+        inner.publisher_live = live;
+        let publisher = if live { "live" } else { "stale" };
+        let rooms: Vec<String> = inner
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.kind != RoomKind::Bridged && !r.members.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for room in rooms {
+            let frame = Outbound::reply(
+                ServerMessage::Status {
+                    room: &room,
+                    publisher,
+                }
+                .to_json(),
+            );
+            inner.deliver(&room, frame, None, &self.limits);
+        }
+    }
+
+    /// Per-room seqs of the current book, for tests and /health.
+    pub fn room_seqs(&self) -> BTreeMap<String, u64> {
+        let inner = self.lock();
+        inner
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.kind != RoomKind::Bridged)
+            .map(|(n, r)| (n.clone(), r.seq))
+            .collect()
+    }
+}
+
+fn leave(inner: &mut Inner, room: &str, id: ClientId) {
+    let remove = match inner.rooms.get_mut(room) {
+        Some(r) => {
+            r.members.remove(&id);
+            // Sport rooms stay (their replay buffer serves resumes); others go when empty.
+            r.members.is_empty() && matches!(r.kind, RoomKind::Event | RoomKind::Bridged)
+        }
+        None => false,
+    };
+    if remove {
+        inner.rooms.remove(room);
+    }
+}

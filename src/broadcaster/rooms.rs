@@ -528,10 +528,21 @@ impl Hub {
 
     /// Replaces the book with a state loaded from Redis and brings every odds room's members
     /// to it: a fresh snapshot wherever the room's position changed.
+    ///
+    /// A Redis that comes back empty has lost the state, not the stream: the book is kept
+    /// (clients keep what they have) until the publisher writes the state again.
     pub fn resync(&self, state: Option<StoredState>) {
         let mut inner = self.lock();
+        let Some(state) = state else {
+            if inner.book.is_some() {
+                tracing::warn!(
+                    "the Redis state is gone; keeping the last known book until the publisher rewrites it"
+                );
+            }
+            return;
+        };
         let old_epoch = inner.epoch().to_string();
-        inner.book = state.map(StoredState::into_book);
+        inner.book = Some(state.into_book());
         let new_epoch = inner.epoch().to_string();
         let names: Vec<String> = inner
             .rooms

@@ -23,6 +23,8 @@ use crate::telemetry as m;
 /// Close codes this server sends.
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A frame above the hard limit (16x `MAX_CLIENT_MESSAGE_BYTES`).
+pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// How long the close frame (and, on shutdown, the queued frames) may take to go out.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -199,7 +201,9 @@ pub async fn run(
     session.read_loop(stream, &last_pong).await;
 
     session.ctx.hub.disconnect(id);
-    session.handle.close_with(CLOSE_NORMAL);
+    if !session.ctx.shutdown.is_cancelled() {
+        session.handle.close_with(CLOSE_NORMAL);
+    }
     let _ = writer.await;
     tracing::debug!(client = %client_id, "connection closed");
 }
@@ -219,7 +223,16 @@ impl Session {
             let message = match message {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
-                    tracing::debug!(client = self.handle.id, error = %e, "read error");
+                    let too_big = e
+                        .into_inner()
+                        .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+                        .is_some_and(|e| {
+                            matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
+                        });
+                    if too_big {
+                        counter!(m::WS_CLIENT_ERRORS, "code" => "frame_too_big").increment(1);
+                        self.handle.close_with(CLOSE_TOO_BIG);
+                    }
                     return;
                 }
                 None => return,
@@ -396,11 +409,6 @@ async fn write_loop(
     let (code, reason) = loop {
         tokio::select! {
             biased;
-            _ = handle.close.cancelled() => {
-                let code = handle.close_code.load(Ordering::SeqCst);
-                let reason = if code == super::rooms::CLOSE_SLOW_CLIENT { "send queue full" } else { "" };
-                break (if code == 0 { CLOSE_NORMAL } else { code }, reason);
-            }
             _ = shutdown.cancelled() => {
                 // Flush what is queued, within the bound, then say goodbye.
                 let flush = async {
@@ -412,6 +420,11 @@ async fn write_loop(
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
                 break (CLOSE_GOING_AWAY, "server shutting down");
+            }
+            _ = handle.close.cancelled() => {
+                let code = handle.close_code.load(Ordering::SeqCst);
+                let reason = if code == super::rooms::CLOSE_SLOW_CLIENT { "send queue full" } else { "" };
+                break (if code == 0 { CLOSE_NORMAL } else { code }, reason);
             }
             _ = ping.tick() => {
                 let silent_ms = now_ms() - last_pong.load(Ordering::Relaxed);

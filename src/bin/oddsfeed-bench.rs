@@ -3,7 +3,13 @@
 //! `oddsfeed-bench tick --events N` creates a scratch database, seeds N active events, and runs
 //! ticks exactly as the scheduler does (query → price → diff → fenced publish to Redis), with a
 //! simulator round between ticks so every tick has something to publish. It reports each
-//! stage's p50/p90/p99/max. Results and commands go to BENCHMARKS.md.
+//! stage's p50/p90/p99/max.
+//!
+//! `oddsfeed-bench ws --clients N` opens N WebSocket clients against a running server (spread
+//! over source addresses 127.0.0.x so one machine can hold many connections), subscribes them
+//! across rooms, and measures receive time minus `publishedAt` of every `odds` message (one
+//! clock on one machine), messages per second, connect rate, errors and, given the server's
+//! pid, its resident memory per connection. Results and commands go to BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +51,31 @@ enum Bench {
         #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
         redis_url: String,
     },
+    /// Publish-to-client latency with many WebSocket clients against a running server.
+    Ws {
+        /// WebSocket URL of the server.
+        #[arg(long, default_value = "ws://127.0.0.1:3001/ws")]
+        url: String,
+        /// Clients to open.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Rooms to spread the clients over (round-robin).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "sport:all,sport:football,sport:basketball,sport:tennis,sport:esports"
+        )]
+        rooms: Vec<String>,
+        /// Seconds to measure after every client has its snapshot.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Source addresses 127.0.0.1 ..= 127.0.0.N to spread connections over.
+        #[arg(long, default_value_t = 8)]
+        source_addresses: u8,
+        /// The server's pid, to report its memory per connection.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
 }
 
 #[tokio::main]
@@ -57,6 +88,14 @@ async fn main() -> anyhow::Result<()> {
             pg_admin_url,
             redis_url,
         } => tick(events, ticks, changes, &pg_admin_url, &redis_url).await,
+        Bench::Ws {
+            url,
+            clients,
+            rooms,
+            seconds,
+            source_addresses,
+            server_pid,
+        } => ws(&url, clients, &rooms, seconds, source_addresses, server_pid).await,
     }
 }
 
@@ -176,4 +215,238 @@ async fn tick(
         )))
         .await?;
     result
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Unix time in fractional milliseconds.
+fn now_ms_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// One client: connect from `source`, subscribe, wait for the snapshot, then record the
+/// latency of every odds message until `stop`.
+async fn ws_client(
+    url: url_parts::Target,
+    source: std::net::Ipv4Addr,
+    room: String,
+    ready: tokio::sync::mpsc::Sender<Result<Duration, String>>,
+    stop: tokio_util::sync::CancellationToken,
+) -> (Vec<f64>, u64) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let started = Instant::now();
+    let connect = async {
+        let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        socket.bind((source, 0).into()).map_err(|e| e.to_string())?;
+        let stream = socket.connect(url.addr).await.map_err(|e| e.to_string())?;
+        let (mut ws, _) = tokio_tungstenite::client_async(
+            url.url.as_str(),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let subscribe = serde_json::json!({"type": "subscribe", "room": room}).to_string();
+        ws.send(Message::text(subscribe))
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(msg) = ws.next().await {
+            if let Message::Text(t) = msg.map_err(|e| e.to_string())?
+                && t.as_str().starts_with(r#"{"type":"snapshot""#)
+            {
+                return Ok(ws);
+            }
+        }
+        Err("closed before the snapshot".to_string())
+    };
+    let mut ws = match tokio::time::timeout(Duration::from_secs(30), connect).await {
+        Ok(Ok(ws)) => {
+            let _ = ready.send(Ok(started.elapsed())).await;
+            ws
+        }
+        Ok(Err(e)) => {
+            let _ = ready.send(Err(e)).await;
+            return (Vec::new(), 0);
+        }
+        Err(_) => {
+            let _ = ready.send(Err("timed out connecting".into())).await;
+            return (Vec::new(), 0);
+        }
+    };
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = ws.next() => m,
+        };
+        match msg {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                let received = now_ms_f64();
+                // The server writes publishedAt before the event arrays, so a scan of the head
+                // finds it without parsing the whole message (which would load this client
+                // machine more than the server).
+                if t.as_str().starts_with(r#"{"type":"odds""#)
+                    && let Some(published) = published_at(t.as_str())
+                {
+                    latencies.push(received - published);
+                }
+            }
+            Some(Ok(_)) => {}
+            _ => {
+                errors += 1;
+                break;
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+    (latencies, errors)
+}
+
+/// `publishedAt` of an odds frame, read from its head.
+fn published_at(frame: &str) -> Option<f64> {
+    let head = &frame[..frame.len().min(300)];
+    let start = head.find(r#""publishedAt":"#)? + r#""publishedAt":"#.len();
+    let digits: String = head[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+mod url_parts {
+    /// Where a ws:// URL connects.
+    #[derive(Clone)]
+    pub struct Target {
+        pub url: String,
+        pub addr: std::net::SocketAddr,
+    }
+
+    pub fn parse(url: &str) -> anyhow::Result<Target> {
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| anyhow::anyhow!("only ws:// URLs are supported by the benchmark"))?;
+        let host = rest.split('/').next().unwrap_or(rest);
+        let host = if host.starts_with("localhost") {
+            host.replacen("localhost", "127.0.0.1", 1)
+        } else {
+            host.to_string()
+        };
+        Ok(Target {
+            url: url.to_string(),
+            addr: host.parse()?,
+        })
+    }
+}
+
+async fn ws(
+    url: &str,
+    clients: usize,
+    rooms: &[String],
+    seconds: u64,
+    source_addresses: u8,
+    server_pid: Option<u32>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !rooms.is_empty() && source_addresses > 0,
+        "need rooms and source addresses"
+    );
+    let target = url_parts::parse(url)?;
+    let rss_before = server_pid.and_then(rss_kib);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(clients.max(1));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let source =
+            std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(source_addresses)) as u8);
+        let room = rooms[i % rooms.len()].clone();
+        tasks.push(tokio::spawn(ws_client(
+            target.clone(),
+            source,
+            room,
+            ready_tx.clone(),
+            stop.clone(),
+        )));
+        // Pace the connects a little so the accept queue never overflows.
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    drop(ready_tx);
+    let mut connect_times = Vec::new();
+    let mut connect_errors = Vec::new();
+    // Each client reports once (and keeps its sender until it ends).
+    for _ in 0..clients {
+        let Some(r) = ready_rx.recv().await else {
+            break;
+        };
+        match r {
+            Ok(d) => connect_times.push(d),
+            Err(e) => connect_errors.push(e),
+        }
+    }
+    let all_connected = started.elapsed();
+    let rss_connected = server_pid.and_then(rss_kib);
+    println!(
+        "{} of {clients} clients subscribed in {:.2} s ({:.0} connects/s); {} failed{}",
+        connect_times.len(),
+        all_connected.as_secs_f64(),
+        connect_times.len() as f64 / all_connected.as_secs_f64(),
+        connect_errors.len(),
+        connect_errors
+            .first()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "connect + subscribe + snapshot: {}",
+        summary(&mut connect_times)
+    );
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.cancel();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!(
+        "{} odds messages received in {seconds} s ({:.0}/s over all clients); {errors} clients lost their connection",
+        latencies.len(),
+        latencies.len() as f64 / seconds as f64
+    );
+    println!(
+        "publish -> client latency: p50 {:.1} ms   p90 {:.1} ms   p99 {:.1} ms   max {:.1} ms  (publishedAt has 1 ms resolution)",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0)
+    );
+    if let (Some(before), Some(after)) = (rss_before, rss_connected) {
+        println!(
+            "server RSS {before} KiB before, {after} KiB with the clients: {:.1} KiB per connection",
+            (after.saturating_sub(before)) as f64 / connect_times.len().max(1) as f64
+        );
+    }
+    Ok(())
 }

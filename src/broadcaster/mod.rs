@@ -198,7 +198,10 @@ async fn upgrade(
     let sessions = state.sessions.clone();
     let tracker = state.tracker.clone();
     let hard_limit = state.admission.hard_frame_limit;
-    ws.max_message_size(hard_limit)
+    // Client messages are small: an 8 KiB read buffer instead of tungstenite's 128 KiB default
+    // is most of the difference between ~180 KiB and ~60 KiB per connection (BENCHMARKS.md).
+    ws.read_buffer_size(8 * 1024)
+        .max_message_size(hard_limit)
         .max_frame_size(hard_limit)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {

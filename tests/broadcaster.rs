@@ -123,15 +123,8 @@ async fn clients_converge_to_the_published_state_with_contiguous_seqs() {
     let (env, channel) = serve_env(&db, &redis_url());
     let server = Server::start(&["serve"], &env).await;
     let url = ws_url(&server);
-    // Wait for the first publish so event rooms exist.
-    eventually(WAIT, "a published state", || async {
-        stored_state(&redis_url(), &channel)
-            .await
-            .0
-            .get("seq")
-            .cloned()
-    })
-    .await;
+    // The first publish makes the event rooms exist.
+    wait_published(&redis_url(), &channel).await;
 
     let rooms = [
         "sport:all",
@@ -235,14 +228,7 @@ async fn resume_replays_buffered_messages_or_sends_a_snapshot() {
     env.push(("REPLAY_BUFFER_MESSAGES", "5".into()));
     let server = Server::start(&["serve"], &env).await;
     let url = ws_url(&server);
-    eventually(WAIT, "a published state", || async {
-        stored_state(&redis_url(), &channel)
-            .await
-            .0
-            .get("seq")
-            .cloned()
-    })
-    .await;
+    wait_published(&redis_url(), &channel).await;
 
     let (mut client, _) = WsClient::connect_welcomed(&url).await;
     let view = join(&mut client, "sport:football").await;
@@ -329,14 +315,7 @@ async fn bad_input_gets_errors_and_the_connection_stays_usable() {
     env.push(("MAX_ROOMS_PER_CONNECTION", "3".into()));
     env.push(("CLIENT_MESSAGES_PER_MINUTE", "30".into()));
     let server = Server::start(&["serve"], &env).await;
-    eventually(WAIT, "a published state", || async {
-        stored_state(&redis_url(), &channel)
-            .await
-            .0
-            .get("seq")
-            .cloned()
-    })
-    .await;
+    wait_published(&redis_url(), &channel).await;
     let (mut c, _) = WsClient::connect_welcomed(&ws_url(&server)).await;
 
     let cases: Vec<(String, &str)> = vec![
@@ -622,14 +601,7 @@ async fn two_broadcasters_tell_the_same_story() {
     let _publisher = Server::start(&["publisher"], &env).await;
     let b1 = Server::start(&["broadcaster"], &env).await;
     let b2 = Server::start(&["broadcaster"], &env).await;
-    eventually(WAIT, "a published state", || async {
-        stored_state(&redis_url(), &channel)
-            .await
-            .0
-            .get("seq")
-            .cloned()
-    })
-    .await;
+    wait_published(&redis_url(), &channel).await;
 
     let (mut c1, _) = WsClient::connect_welcomed(&ws_url(&b1)).await;
     let (mut c2, _) = WsClient::connect_welcomed(&ws_url(&b2)).await;

@@ -42,13 +42,6 @@ fn env_for(
     (env, channel)
 }
 
-async fn published(redis: &str, channel: &str) {
-    eventually(WAIT, "a published state", || async {
-        stored_state(redis, channel).await.0.get("seq").cloned()
-    })
-    .await;
-}
-
 async fn subscribe(client: &mut WsClient, room: &str) -> RoomView {
     client
         .send(json!({"type": "subscribe", "room": room}))
@@ -65,7 +58,7 @@ async fn redis_restart_with_clients_connected_converges_without_help() {
     let mut redis = PrivateRedis::start().await;
     let (env, channel) = env_for(&db, &redis.url(), &[]);
     let server = Server::start(&["serve"], &env).await;
-    published(&redis.url(), &channel).await;
+    wait_published(&redis.url(), &channel).await;
     let url = format!("ws://{}/ws", server.addr);
     let (mut all, _) = WsClient::connect_welcomed(&url).await;
     let (mut football, _) = WsClient::connect_welcomed(&url).await;
@@ -155,7 +148,7 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_nobody_else_waits() {
         &[("SEND_QUEUE_FRAMES", "24"), ("REPLAY_BUFFER_MESSAGES", "8")],
     );
     let server = Server::start(&["serve"], &env).await;
-    published(&redis_url(), &channel).await;
+    wait_published(&redis_url(), &channel).await;
     let pid = server.child.id().unwrap();
     let rss_before = rss_kib(pid);
 
@@ -384,7 +377,7 @@ async fn a_silent_publisher_is_reported_stale_then_live() {
     seed(&db, 2).await;
     let (env, channel) = env_for(&db, &redis_url(), &[("HEARTBEAT_INTERVAL_MS", "200")]);
     let server = Server::start(&["serve"], &env).await;
-    published(&redis_url(), &channel).await;
+    wait_published(&redis_url(), &channel).await;
     let (mut client, _) = WsClient::connect_welcomed(&format!("ws://{}/ws", server.addr)).await;
     subscribe(&mut client, "sport:football").await;
 
@@ -416,7 +409,7 @@ async fn sigterm_closes_every_client_with_1001_and_exits() {
     seed(&db, 3).await;
     let (env, channel) = env_for(&db, &redis_url(), &[]);
     let mut server = Server::start(&["serve"], &env).await;
-    published(&redis_url(), &channel).await;
+    wait_published(&redis_url(), &channel).await;
     let url = format!("ws://{}/ws", server.addr);
     let mut clients = Vec::new();
     for room in ["sport:all", "sport:football", "event:e1"] {

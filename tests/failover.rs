@@ -60,6 +60,16 @@ async fn status(server: &Server) -> Value {
     server.get_json("/api/sports/ws-publisher").await.1
 }
 
+/// Waits for the publisher to report an error and returns it.
+async fn last_error(server: &Server, what: &str) -> String {
+    eventually(WAIT, what, || async {
+        status(server).await["lastError"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_publishes_and_a_standby_takes_over_within_two_seconds() {
     let db = TestDb::new().await;
@@ -276,15 +286,7 @@ async fn a_database_that_appears_after_boot_is_picked_up() {
     let server = Server::start(&["publisher"], &env).await;
 
     // No schema yet: ticks fail with a clear error, the process stays up.
-    let err = eventually(WAIT, "an error about the missing schema", || {
-        let server = &server;
-        async move {
-            status(server).await["lastError"]
-                .as_str()
-                .map(str::to_string)
-        }
-    })
-    .await;
+    let err = last_error(&server, "an error about the missing schema").await;
     assert!(
         err.contains("publisher_control") || err.contains("does not exist"),
         "{err}"
@@ -316,15 +318,7 @@ async fn an_operator_query_with_wrong_columns_is_reported_not_fatal() {
     let (mut env, _) = publisher_env(&db, &redis_url());
     env.push(("ACTIVE_EVENTS_SQL", path.display().to_string()));
     let server = Server::start(&["publisher"], &env).await;
-    let err = eventually(WAIT, "a column error", || {
-        let server = &server;
-        async move {
-            status(server).await["lastError"]
-                .as_str()
-                .map(str::to_string)
-        }
-    })
-    .await;
+    let err = last_error(&server, "a column error").await;
     assert!(
         err.contains("event_id") && err.contains("sql/README.md"),
         "{err}"

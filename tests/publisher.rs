@@ -42,17 +42,7 @@ INSERT INTO bets (event_id, outcome, amount, status) VALUES ('m2', 'NO', 9999, '
 "#;
 
 fn odds(event: &Value) -> BTreeMap<String, Option<f64>> {
-    event["outcomes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|o| {
-            (
-                o["name"].as_str().unwrap_or_default().to_string(),
-                o["odds"].as_f64(),
-            )
-        })
-        .collect()
+    outcome_numbers(event, "odds")
 }
 
 fn map(pairs: &[(&str, f64)]) -> BTreeMap<String, Option<f64>> {

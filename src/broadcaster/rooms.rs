@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{ErrorCode, Rejection, ServerMessage};
 use crate::bus::StoredState;
-use crate::odds::{Book, Delta, Event, OddsMessage};
+use crate::odds::{Book, Delta, Event, OddsMessage, net_removals};
 use crate::telemetry as m;
 
 /// Close code for a client that cannot keep up (RFC 6455 "try again later").
@@ -624,20 +624,8 @@ impl Hub {
             };
 
         // sport:all: every change; an event that moved sport is only upserted.
-        let upserted: HashSet<&str> = msg
-            .sports
-            .values()
-            .flat_map(|b| &b.upserts)
-            .map(|e| e.id.as_str())
-            .collect();
         let all_upserts: Vec<&Event> = msg.sports.values().flat_map(|b| &b.upserts).collect();
-        let all_removals: Vec<&str> = msg
-            .sports
-            .values()
-            .flat_map(|b| &b.removals)
-            .map(String::as_str)
-            .filter(|id| !upserted.contains(id))
-            .collect();
+        let all_removals = net_removals(&msg.sports);
         let mut frames: Vec<(String, Outbound, u64)> = Vec::new();
         frames.push((
             "sport:all".into(),

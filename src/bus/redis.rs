@@ -14,13 +14,13 @@
 //! publisher that wrongly believes it leads, or a reply lost after a successful EXEC, can never
 //! produce a duplicated or skipped seq: the publisher reloads instead.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::odds::{Book, ChannelMessage, Delta, Event, Heartbeat, OddsMessage};
+use crate::odds::{Book, ChannelMessage, Delta, Event, Heartbeat, OddsMessage, net_removals};
 
 /// Names of the state keys of one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,15 +180,7 @@ impl OddsBus {
             for event in delta.sports.values().flat_map(|b| &b.upserts) {
                 upserts.push((event.id.as_str(), serde_json::to_string(event)?));
             }
-            // An event that moved sport is both removed and upserted: keep the upsert.
-            let upserted: HashSet<&str> = upserts.iter().map(|(id, _)| *id).collect();
-            let removals: Vec<&str> = delta
-                .sports
-                .values()
-                .flat_map(|b| &b.removals)
-                .map(String::as_str)
-                .filter(|id| !upserted.contains(id))
-                .collect();
+            let removals = net_removals(&delta.sports);
             if !removals.is_empty() {
                 pipe.hdel(&self.keys.events, &removals).ignore();
             }

@@ -45,6 +45,23 @@ impl Delta {
     }
 }
 
+/// The removals of a message that are not upserted elsewhere in it: an event that moved to
+/// another sport is both removed from the old sport and upserted in the new one, and is still
+/// there afterwards.
+pub fn net_removals(sports: &BTreeMap<String, SportDelta>) -> Vec<&str> {
+    let upserted: HashSet<&str> = sports
+        .values()
+        .flat_map(|b| &b.upserts)
+        .map(|e| e.id.as_str())
+        .collect();
+    sports
+        .values()
+        .flat_map(|b| &b.removals)
+        .map(String::as_str)
+        .filter(|id| !upserted.contains(id))
+        .collect()
+}
+
 impl Book {
     /// An empty stream with a new epoch.
     pub fn new(epoch: impl Into<String>) -> Self {

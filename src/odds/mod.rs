@@ -8,7 +8,7 @@ pub mod book;
 pub mod event;
 pub mod hybrid;
 
-pub use book::{Book, Delta};
+pub use book::{Book, Delta, net_removals};
 pub use event::{
     ChannelMessage, Event, EventInput, EventView, Heartbeat, OddsMessage, Outcome, SportDelta,
     sport_key,

@@ -286,8 +286,8 @@ pub fn removals(msg: &Value) -> Vec<String> {
     out
 }
 
-/// Probabilities of an EVENT's outcomes by name.
-pub fn probabilities(event: &Value) -> BTreeMap<String, Option<f64>> {
+/// One numeric field (`probability`, `odds`) of an EVENT's outcomes, by outcome name.
+pub fn outcome_numbers(event: &Value, field: &str) -> BTreeMap<String, Option<f64>> {
     event["outcomes"]
         .as_array()
         .into_iter()
@@ -295,10 +295,23 @@ pub fn probabilities(event: &Value) -> BTreeMap<String, Option<f64>> {
         .map(|o| {
             (
                 o["name"].as_str().unwrap_or_default().to_string(),
-                o["probability"].as_f64(),
+                o[field].as_f64(),
             )
         })
         .collect()
+}
+
+/// Probabilities of an EVENT's outcomes by name.
+pub fn probabilities(event: &Value) -> BTreeMap<String, Option<f64>> {
+    outcome_numbers(event, "probability")
+}
+
+/// Waits until the publisher on `channel` has written its state.
+pub async fn wait_published(redis_url: &str, channel: &str) {
+    eventually(Duration::from_secs(15), "a published state", || async {
+        stored_state(redis_url, channel).await.0.get("seq").cloned()
+    })
+    .await;
 }
 
 /// A private `redis-server` on a free port, for tests that restart Redis.

@@ -590,6 +590,22 @@ async fn bridged_channels_route_by_room_and_channel_with_access_rules() {
         assert_ne!(msg["room"], "user:alice", "leaked to bob: {msg}");
     }
     eve.assert_usable().await;
+
+    // An identity ends with its token: at `exp` the private rooms are left.
+    let (mut brief, _) = WsClient::connect_welcomed(&url).await;
+    brief
+        .send(json!({"type": "auth", "token": token("brief", Some("admin"), 2)}))
+        .await;
+    brief.expect_type("authenticated", WAIT).await;
+    brief
+        .send(json!({"type": "subscribe", "room": "admin"}))
+        .await;
+    brief.expect_type("subscribed", WAIT).await;
+    let err = brief.expect_type("error", WAIT).await;
+    assert_eq!(err["code"], "unauthorized", "{err}");
+    brief.send(json!({"type": "rooms"})).await;
+    assert_eq!(brief.expect_type("rooms", WAIT).await["rooms"], json!([]));
+    subscribe_refused(&mut brief, "admin", "unauthorized").await;
     db.drop_db().await;
 }
 

@@ -215,9 +215,20 @@ impl Session {
         last_pong: &AtomicI64,
     ) {
         loop {
+            // An identity lasts as long as its token: at `exp` its rooms are left.
+            let expiry = self.identity.as_ref().map(|i| {
+                let left = i
+                    .expires_at
+                    .saturating_sub(u64::try_from(now_ms() / 1000).unwrap_or(0));
+                Instant::now() + Duration::from_secs(left)
+            });
             let message = tokio::select! {
                 _ = self.handle.close.cancelled() => return,
                 _ = self.ctx.shutdown.cancelled() => return,
+                _ = sleep_until_some(expiry) => {
+                    self.expire_identity();
+                    continue;
+                }
                 m = stream.next() => m,
             };
             let message = match message {
@@ -357,6 +368,30 @@ impl Session {
         }
     }
 
+    /// Leaves the rooms only the identity could enter and says so.
+    fn expire_identity(&mut self) {
+        let Some(identity) = self.identity.take() else {
+            return;
+        };
+        for room in [
+            format!("user:{}", identity.sub),
+            "admin".into(),
+            "admin-events".into(),
+        ] {
+            if self.ctx.hub.unsubscribe(self.handle.id, &room) {
+                self.reply(ServerMessage::Unsubscribed {
+                    room: &room,
+                    id: None,
+                });
+            }
+        }
+        self.reject(Rejection::new(
+            ErrorCode::Unauthorized,
+            "token expired; send a new auth message to keep private rooms",
+            None,
+        ));
+    }
+
     /// Verifies a token; on success joins `user:<sub>`. A bad token never grants anything
     /// and leaves an earlier identity in place.
     fn authenticate(&mut self, token: &str, id: Option<&Value>) {
@@ -393,6 +428,14 @@ impl Session {
                 self.reject(Rejection::new(ErrorCode::Unauthorized, reason, id.cloned()))
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

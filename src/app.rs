@@ -307,23 +307,58 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         broadcaster: broadcaster_health,
     }));
 
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
+    let listener = std::net::TcpListener::bind(config.listen_addr)
         .with_context(|| format!("Failed to listen on {}", config.listen_addr))?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, channel = %config.odds_channel, publisher = roles.publisher, broadcaster = roles.broadcaster, simulator = roles.simulator, "listening");
-
-    let server_cancel = cancel.clone();
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { server_cancel.cancelled().await });
-    let server = tracker.spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "HTTP server failed");
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    let server = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "Failed to load TLS_CERT {} / TLS_KEY {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            let handle = axum_server::Handle::new();
+            let server =
+                axum_server::tls_rustls::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+            let server_cancel = cancel.clone();
+            let grace = config.shutdown_timeout();
+            tokio::spawn(async move {
+                server_cancel.cancelled().await;
+                handle.graceful_shutdown(Some(grace));
+            });
+            tracker.spawn(async move {
+                if let Err(e) = server.serve(app).await {
+                    tracing::error!(error = %e, "HTTPS server failed");
+                }
+            })
         }
-    });
+        _ => {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let server_cancel = cancel.clone();
+            let server = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { server_cancel.cancelled().await });
+            tracker.spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            })
+        }
+    };
+    tracing::info!(
+        %addr,
+        tls = config.tls_cert.is_some(),
+        channel = %config.odds_channel,
+        publisher = roles.publisher,
+        broadcaster = roles.broadcaster,
+        simulator = roles.simulator,
+        "listening"
+    );
     tracker.close();
 
     cancel.cancelled().await;

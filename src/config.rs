@@ -255,6 +255,14 @@ pub struct Config {
     #[arg(long, env = "REPLAY_BUFFER_BYTES", default_value_t = 4 * 1024 * 1024, global = true)]
     pub replay_buffer_bytes: usize,
 
+    /// PEM certificate chain: with TLS_KEY, the server speaks https/wss itself.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for TLS_CERT.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert", global = true)]
+    pub tls_key: Option<PathBuf>,
+
     /// Log format: pretty or json. The level comes from RUST_LOG (default info).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,

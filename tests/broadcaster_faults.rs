@@ -343,7 +343,7 @@ async fn connection_caps_origins_and_oversized_frames() {
             tokio_tungstenite::connect_async(url.as_str())
                 .await
                 .ok()
-                .map(|(s, _)| WsClient { stream: s })
+                .map(|(s, _)| WsClient::from_stream(s))
         }
     })
     .await;

@@ -427,12 +427,33 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 pub type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// A real WebSocket client over TCP.
+/// A real WebSocket client over TCP (or TLS).
 pub struct WsClient {
-    pub stream: WsStream,
+    pub stream: std::pin::Pin<Box<dyn WsTransport>>,
+}
+
+/// What `WsClient` needs of a WebSocket stream, whatever it runs over.
+pub trait WsTransport:
+    futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+    + futures_util::Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error>
+    + Send
+{
+}
+
+impl<T> WsTransport for T where
+    T: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+        + futures_util::Sink<WsMessage, Error = tokio_tungstenite::tungstenite::Error>
+        + Send
+{
 }
 
 impl WsClient {
+    pub fn from_stream(stream: impl WsTransport + 'static) -> Self {
+        Self {
+            stream: Box::pin(stream),
+        }
+    }
+
     pub async fn connect(url: &str) -> Self {
         let (stream, _) = timeout(
             Duration::from_secs(10),
@@ -441,7 +462,7 @@ impl WsClient {
         .await
         .expect("connect in time")
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-        Self { stream }
+        Self::from_stream(stream)
     }
 
     /// Connects and consumes the `welcome`.

@@ -1,0 +1,130 @@
+//! Native TLS: `TLS_CERT` + `TLS_KEY` make the server speak https and wss itself.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A self-signed certificate for localhost, written to a temp dir; returns (dir, cert DER).
+fn self_signed() -> (
+    std::path::PathBuf,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let dir = std::env::temp_dir().join(format!("oddsfeed-tls-{}", random_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    (dir, certified.cert.der().clone())
+}
+
+async fn tls_connect(
+    addr: &str,
+    cert: &rustls::pki_types::CertificateDer<'static>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake with the server's certificate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_and_wss_with_a_self_signed_certificate() {
+    let db = TestDb::new().await;
+    db.exec(
+        "INSERT INTO events (id, title, sport, team_a, team_b, event_type) VALUES ('s1', 'S1', 'Tennis', 'A1', 'B1', 'upcoming');
+         INSERT INTO outcomes (event_id, name, position, external_price) VALUES ('s1', 'YES', 0, 0.5), ('s1', 'NO', 1, 0.5);",
+    )
+    .await;
+    let (dir, cert) = self_signed();
+    let (mut env, channel) = publisher_env(&db, &redis_url());
+    env.push(("TLS_CERT", dir.join("cert.pem").display().to_string()));
+    env.push(("TLS_KEY", dir.join("key.pem").display().to_string()));
+    let server = Server::start(&["serve"], &env).await;
+    wait_published(&redis_url(), &channel).await;
+
+    // https: /health over TLS.
+    let mut tls = tls_connect(&server.addr, &cert).await;
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"status\":\"ok\""), "{response}");
+
+    // wss: snapshot, then a live diff.
+    let tls = tls_connect(&server.addr, &cert).await;
+    let (stream, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+        .await
+        .expect("wss upgrade");
+    let mut client = WsClient::from_stream(stream);
+    assert_eq!(client.next_json(WAIT).await.unwrap()["type"], "welcome");
+    client
+        .send(json!({"type": "subscribe", "room": "sport:tennis"}))
+        .await;
+    let snapshot = client.expect_type("snapshot", WAIT).await;
+    assert_eq!(snapshot["events"][0]["id"], "s1");
+    db.exec("UPDATE outcomes SET external_price = 0.8 WHERE event_id = 's1' AND name = 'YES'")
+        .await;
+    let diff = client.expect_type("odds", WAIT).await;
+    assert_eq!(diff["seq"], snapshot["seq"].as_u64().unwrap() + 1);
+    assert_eq!(diff["upserts"][0]["id"], "s1");
+
+    // Plain http to the TLS port gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    plain
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(WAIT, plain.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(!String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let _ = std::fs::remove_dir_all(dir);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_file_stops_the_process_at_boot_with_a_clear_error() {
+    let db = TestDb::new().await;
+    let (dir, _) = self_signed();
+    let (mut env, _) = publisher_env(&db, &redis_url());
+    env.push(("TLS_CERT", dir.join("cert.pem").display().to_string()));
+    env.push(("TLS_KEY", "/nonexistent/key.pem".to_string()));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oddsfeed"))
+        .arg("serve")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("/nonexistent/key.pem"), "{text}");
+    let _ = std::fs::remove_dir_all(dir);
+    db.drop_db().await;
+}

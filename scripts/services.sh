@@ -28,6 +28,9 @@ command -v redis-cli >/dev/null 2>&1 || need_packages+=(redis-tools)
 command -v curl >/dev/null 2>&1 || need_packages+=(curl)
 command -v cc >/dev/null 2>&1 || need_packages+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_packages+=(pkg-config)
+# For the tests: the dashboards are checked against a real Prometheus, wss through a real nginx.
+command -v prometheus >/dev/null 2>&1 || need_packages+=(prometheus)
+command -v nginx >/dev/null 2>&1 || need_packages+=(nginx)
 if [ ${#need_packages[@]} -gt 0 ]; then
   apt_install "${need_packages[@]}"
 fi

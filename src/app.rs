@@ -298,6 +298,18 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         ));
     }
 
+    if roles.publisher {
+        telemetry::register_publisher_metrics();
+    }
+    if roles.broadcaster {
+        telemetry::register_broadcaster_metrics();
+    }
+    tracker.spawn(http::probe_dependencies(
+        pool.as_ref().map(|(p, _)| p.clone()),
+        health_redis.clone(),
+        Duration::from_secs(5),
+        cancel.clone(),
+    ));
     router = router.merge(http::router(http::HealthState {
         started,
         metrics,

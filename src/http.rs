@@ -106,6 +106,27 @@ async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
     )
 }
 
+/// Checks PostgreSQL and Redis every `every`, so `oddsfeed_dependency_up` is current for
+/// Prometheus even when nobody calls /health.
+pub async fn probe_dependencies(
+    pool: Option<PgPool>,
+    mut redis: ConnectionManager,
+    every: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(pool) = &pool {
+            dependency("postgres", &check_postgres(pool).await);
+        }
+        dependency("redis", &check_redis(&mut redis).await);
+    }
+}
+
 async fn check_postgres(pool: &PgPool) -> Result<(), String> {
     match tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await {
         Ok(Ok(_)) => Ok(()),

@@ -98,6 +98,109 @@ pub fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// Registers, at zero, every series the publisher's dashboard panels read, so Prometheus sees
+/// them before the first event of their kind (an absent series leaves a panel or an alert
+/// silently empty instead of showing 0).
+pub fn register_publisher_metrics() {
+    for result in ["published", "unchanged", "error"] {
+        metrics::counter!(TICKS, "result" => result).increment(0);
+    }
+    for kind in ["database", "redis", "conflict"] {
+        metrics::counter!(ERRORS, "kind" => kind).increment(0);
+    }
+    for reason in [
+        "missing_price",
+        "price_out_of_range",
+        "zero_price_sum",
+        "too_few_outcomes",
+        "bad_volume",
+        "bad_liquidity",
+    ] {
+        metrics::counter!(EVENT_SUSPENSIONS, "reason" => reason).increment(0);
+    }
+    for kind in ["odds", "heartbeat"] {
+        metrics::counter!(PUBLISHED_MESSAGES, "type" => kind).increment(0);
+    }
+    for change in ["acquired", "lost"] {
+        metrics::counter!(LEADER_CHANGES, "change" => change).increment(0);
+    }
+    for reason in ["sync", "conflict"] {
+        metrics::counter!(STATE_RELOADS, "reason" => reason).increment(0);
+    }
+    for name in [
+        TICK_OVERRUNS,
+        PUBLISHED_BYTES,
+        PUBLISHED_UPSERTS,
+        PUBLISHED_REMOVALS,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in [
+        EVENTS_ACTIVE,
+        EVENTS_SUSPENDED,
+        PUBLISHER_LEADER,
+        PUBLISHER_RUNNING,
+        PUBLISHER_SEQ,
+    ] {
+        metrics::gauge!(name).set(0.0);
+    }
+    for stage in ["query", "compute", "publish", "total"] {
+        let _ = metrics::histogram!(TICK_DURATION, "stage" => stage);
+    }
+}
+
+/// The broadcaster's counterpart of [`register_publisher_metrics`].
+pub fn register_broadcaster_metrics() {
+    metrics::counter!(ERRORS, "kind" => "relay").increment(0);
+    for kind in ["all", "sport", "event", "bridged", "reply"] {
+        metrics::counter!(WS_MESSAGES_SENT, "kind" => kind).increment(0);
+    }
+    for code in [
+        "bad_request",
+        "unknown_room",
+        "forbidden",
+        "unauthorized",
+        "rate_limited",
+        "too_many_rooms",
+        "too_large",
+        "frame_too_big",
+    ] {
+        metrics::counter!(WS_CLIENT_ERRORS, "code" => code).increment(0);
+    }
+    for reason in [
+        "too_many_connections",
+        "too_many_connections_from_address",
+        "origin_not_allowed",
+    ] {
+        metrics::counter!(WS_REJECTED_CONNECTIONS, "reason" => reason).increment(0);
+    }
+    for result in ["current", "replayed", "snapshot"] {
+        metrics::counter!(WS_RESUMES, "result" => result).increment(0);
+    }
+    for reason in ["connect", "gap", "heartbeat"] {
+        metrics::counter!(RELAY_RESYNCS, "reason" => reason).increment(0);
+    }
+    for reason in ["malformed", "not_text", "bridged_not_json_object"] {
+        metrics::counter!(RELAY_DROPPED, "reason" => reason).increment(0);
+    }
+    for name in [
+        WS_CONNECTIONS_TOTAL,
+        WS_BYTES_SENT,
+        WS_SLOW_CLIENTS_CLOSED,
+        WS_PONG_TIMEOUTS,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in [WS_CONNECTIONS, WS_ROOMS, WS_SUBSCRIPTIONS] {
+        metrics::gauge!(name).increment(0.0);
+    }
+    for room in ["all", "sport", "event"] {
+        let _ = metrics::histogram!(DELIVERY_LATENCY, "room" => room);
+    }
+    let _ = metrics::histogram!(RELAY_LATENCY);
+    let _ = metrics::histogram!(BROWSER_LATENCY);
+}
+
 fn describe() {
     describe_histogram!(
         TICK_DURATION,

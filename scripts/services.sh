@@ -31,6 +31,10 @@ command -v pkg-config >/dev/null 2>&1 || need_packages+=(pkg-config)
 # For the tests: the dashboards are checked against a real Prometheus, wss through a real nginx.
 command -v prometheus >/dev/null 2>&1 || need_packages+=(prometheus)
 command -v nginx >/dev/null 2>&1 || need_packages+=(nginx)
+command -v systemd-analyze >/dev/null 2>&1 || need_packages+=(systemd)
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  need_packages+=(docker-compose)
+fi
 if [ ${#need_packages[@]} -gt 0 ]; then
   apt_install "${need_packages[@]}"
 fi

@@ -135,13 +135,19 @@ async fn check_postgres(pool: &PgPool) -> Result<(), String> {
     }
 }
 
+/// PINGs Redis. A connection broken by a Redis restart fails its first command and then
+/// reconnects, so one failure is retried once before Redis counts as down.
 async fn check_redis(conn: &mut ConnectionManager) -> Result<(), String> {
     let ping = redis::cmd("PING");
-    match tokio::time::timeout(CHECK_TIMEOUT, ping.query_async::<String>(conn)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    let mut result = Err(String::new());
+    for _ in 0..2 {
+        result = match tokio::time::timeout(CHECK_TIMEOUT, ping.query_async::<String>(conn)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => return Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+        };
     }
+    result
 }
 
 fn dependency(name: &'static str, result: &Result<(), String>) -> serde_json::Value {

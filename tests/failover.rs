@@ -158,17 +158,21 @@ async fn redis_restart_mid_stream_resumes_with_everything_that_changed() {
     let first = sub.next_odds(WAIT).await.expect("first message");
     assert_eq!(upserts(&first).len(), 3);
 
-    // Redis dies; meanwhile two events change.
+    // Redis dies; meanwhile two events change (in one transaction, so no tick sees half).
     redis.stop();
-    db.exec("INSERT INTO bets (event_id, outcome, amount) VALUES ('f0', 'HOME', 1000000)")
-        .await;
-    db.exec("UPDATE outcomes SET external_price = 0.1 WHERE event_id = 'f1' AND name = 'HOME'")
-        .await;
-    eventually(WAIT, "the publisher to notice", || {
+    let errors_after = |floor: u64| {
         let server = &server;
-        async move { (status(server).await["errors"].as_u64()? > 0).then_some(()) }
-    })
+        async move { (status(server).await["errors"].as_u64()? > floor).then_some(()) }
+    };
+    eventually(WAIT, "the publisher to notice", || errors_after(0)).await;
+    db.exec(
+        "INSERT INTO bets (event_id, outcome, amount) VALUES ('f0', 'HOME', 1000000);
+         UPDATE outcomes SET external_price = 0.1 WHERE event_id = 'f1' AND name = 'HOME';",
+    )
     .await;
+    // A tick after the change has failed too, so the unpublished delta holds both events.
+    let seen = status(&server).await["errors"].as_u64().unwrap();
+    eventually(WAIT, "another failed tick", || errors_after(seen)).await;
 
     // Redis comes back empty, with a password so the publisher cannot write until this
     // test's subscriber is listening; then the password goes.

@@ -32,6 +32,8 @@ command -v pkg-config >/dev/null 2>&1 || need_packages+=(pkg-config)
 command -v prometheus >/dev/null 2>&1 || need_packages+=(prometheus)
 command -v nginx >/dev/null 2>&1 || need_packages+=(nginx)
 command -v systemd-analyze >/dev/null 2>&1 || need_packages+=(systemd)
+command -v node >/dev/null 2>&1 || need_packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_packages+=(npm)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   need_packages+=(docker-compose)
 fi

@@ -14,6 +14,9 @@ for db in $(psql "$PG_ADMIN_URL/postgres" -Atqc "SELECT datname FROM pg_database
   psql "$PG_ADMIN_URL/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null || true
 done
 
+log "npm ci (web/: the JavaScript client's test dependencies)"
+(cd web && npm ci --no-audit --no-fund --loglevel=error)
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -1,0 +1,54 @@
+//! The JavaScript client (web/) under Node's test runner, against a real `oddsfeed serve`
+//! while prices change in PostgreSQL.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_client_against_a_real_server() {
+    let web = concat!(env!("CARGO_MANIFEST_DIR"), "/web");
+    assert!(
+        std::path::Path::new(web).join("node_modules/ws").exists(),
+        "run `npm ci` in web/ first (scripts/test.sh does)"
+    );
+    let db = TestDb::new().await;
+    oddsfeed::sim::seed::seed(&db.pool, 30, 3, false).await.unwrap();
+    let (mut env, channel) = publisher_env(&db, &redis_url());
+    env.push(("TICK_INTERVAL_MS", "50".into()));
+    let server = Server::start(&["serve"], &env).await;
+    wait_published(&redis_url(), &channel).await;
+
+    let pool = db.pool.clone();
+    let changes = tokio::spawn(async move {
+        loop {
+            let _ = sqlx::query(
+                "UPDATE outcomes SET external_price = round((random() * 0.8 + 0.1)::numeric, 3)
+                  WHERE (event_id, name) IN (SELECT event_id, name FROM outcomes ORDER BY random() LIMIT 3)",
+            )
+            .execute(&pool)
+            .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    let out = tokio::process::Command::new("node")
+        .args(["--test", "test/client.test.mjs"])
+        .current_dir(web)
+        .env("ODDSFEED_WS_URL", format!("ws://{}/ws", server.addr))
+        .output()
+        .await
+        .expect("node is installed");
+    changes.abort();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("{text}");
+    assert!(out.status.success(), "node --test failed:\n{text}");
+    assert!(text.contains("# pass 4") && text.contains("# fail 0"), "{text}");
+
+    // The client's latency reports reached the server's histogram.
+    let metrics = server.metrics().await;
+    assert!(metric_value(&metrics, "oddsfeed_browser_latency_seconds_count") >= 1.0, "{metrics}");
+    db.drop_db().await;
+}

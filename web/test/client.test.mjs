@@ -1,0 +1,109 @@
+// The JavaScript client against a real `oddsfeed serve` (started by tests/web_client.rs, which
+// keeps changing prices in PostgreSQL while this runs). Node's built-in test runner.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import WebSocket from "ws";
+import { OddsFeedClient } from "../oddsfeed-client.js";
+
+const URL = process.env.ODDSFEED_WS_URL;
+assert.ok(URL, "ODDSFEED_WS_URL is set by tests/web_client.rs");
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what, check, timeoutMs = 10000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+function client(options = {}) {
+  return new OddsFeedClient(URL, { WebSocket, initialBackoffMs: 50, ...options });
+}
+
+test("snapshot, live diffs, clock offset and latency reports", async () => {
+  const feed = client();
+  const statuses = [];
+  feed.on("status", (s) => statuses.push(s));
+  let updates = 0;
+  feed.subscribe("sport:all", () => (updates += 1));
+  await until("a snapshot", () => feed.position("sport:all")?.snapshots === 1);
+  const first = feed.position("sport:all").seq;
+  assert.ok(feed.events("sport:all").length > 0, "the snapshot has events");
+  await until("live diffs", () => feed.position("sport:all").seq >= first + 3);
+  assert.equal(feed.position("sport:all").gaps, 0);
+  assert.ok(updates >= 4);
+  assert.deepEqual(statuses.slice(0, 2), ["connecting", "open"]);
+  assert.equal(feed.status, "open");
+  assert.equal(feed.publisher, "live");
+  // One machine, one clock: the estimated offset is small.
+  assert.ok(Math.abs(feed.clockOffsetMs) < 1000, `offset ${feed.clockOffsetMs}`);
+  const latency = feed.latency();
+  assert.ok(latency.count >= 3 && latency.p50 >= 0 && latency.p50 < 5000, JSON.stringify(latency));
+  // Events come in publishing order: live first.
+  const events = feed.events("sport:all");
+  const firstNotLive = events.findIndex((e) => !e.live);
+  assert.ok(firstNotLive === -1 || events.slice(firstNotLive).every((e) => !e.live));
+  feed.close();
+  assert.equal(feed.status, "closed");
+});
+
+test("reconnects after a dropped connection and resumes without a snapshot", async () => {
+  const feed = client();
+  feed.subscribe("sport:football");
+  await until("a snapshot", () => feed.position("sport:football")?.snapshots === 1);
+  const reconnecting = new Promise((resolve) => feed.on("status", (s) => s === "reconnecting" && resolve()));
+  feed.dropConnection();
+  await reconnecting;
+  await until("reopened", () => feed.status === "open");
+  const before = feed.position("sport:football").seq;
+  await until("diffs after the resume", () => feed.position("sport:football").seq > before + 1);
+  const pos = feed.position("sport:football");
+  assert.equal(pos.snapshots, 1, "resumed from the replay buffer, not a new snapshot");
+  assert.equal(pos.gaps, 0);
+
+  // Same state as a fresh client at the same seq.
+  const fresh = client({ reportLatency: false });
+  fresh.subscribe("sport:football");
+  await until("both at one seq", () => {
+    const a = feed.position("sport:football").seq;
+    const b = fresh.position("sport:football")?.seq;
+    return b !== undefined && a === b && fresh.position("sport:football").snapshots > 0;
+  });
+  assert.deepEqual(feed.events("sport:football"), fresh.events("sport:football"));
+  feed.close();
+  fresh.close();
+});
+
+test("a seq gap makes the client resubscribe and converge", async () => {
+  const feed = client();
+  feed.subscribe("sport:all");
+  await until("a snapshot", () => feed.position("sport:all")?.snapshots === 1);
+  // Forget one message, as if it had been lost.
+  feed.rooms.get("sport:all").seq -= 1;
+  await until("the gap to be seen", () => feed.position("sport:all").gaps >= 1);
+  const fresh = client({ reportLatency: false });
+  fresh.subscribe("sport:all");
+  await until("both at one seq", () => {
+    const a = feed.position("sport:all").seq;
+    const b = fresh.position("sport:all")?.seq;
+    return fresh.position("sport:all")?.snapshots > 0 && a === b;
+  });
+  assert.deepEqual(feed.events("sport:all"), fresh.events("sport:all"));
+  feed.close();
+  fresh.close();
+});
+
+test("server errors reach the error listener and unknown rooms stay empty", async () => {
+  const feed = client();
+  const errors = [];
+  feed.on("error", (e) => errors.push(e));
+  feed.subscribe("sport:curling");
+  await until("an error", () => errors.length > 0);
+  assert.equal(errors[0].code, "unknown_room");
+  assert.deepEqual(feed.events("sport:curling"), []);
+  feed.close();
+});

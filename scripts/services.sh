@@ -34,6 +34,7 @@ command -v nginx >/dev/null 2>&1 || need_packages+=(nginx)
 command -v systemd-analyze >/dev/null 2>&1 || need_packages+=(systemd)
 command -v node >/dev/null 2>&1 || need_packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_packages+=(npm)
+command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   need_packages+=(docker-compose)
 fi

@@ -15,7 +15,9 @@ async fn javascript_client_against_a_real_server() {
         "run `npm ci` in web/ first (scripts/test.sh does)"
     );
     let db = TestDb::new().await;
-    oddsfeed::sim::seed::seed(&db.pool, 30, 3, false).await.unwrap();
+    oddsfeed::sim::seed::seed(&db.pool, 30, 3, false)
+        .await
+        .unwrap();
     let (mut env, channel) = publisher_env(&db, &redis_url());
     env.push(("TICK_INTERVAL_MS", "50".into()));
     let server = Server::start(&["serve"], &env).await;
@@ -42,13 +44,20 @@ async fn javascript_client_against_a_real_server() {
         .await
         .expect("node is installed");
     changes.abort();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     println!("{text}");
     assert!(out.status.success(), "node --test failed:\n{text}");
-    assert!(text.contains("# pass 4") && text.contains("# fail 0"), "{text}");
+    assert!(
+        text.contains("# pass 4") && text.contains("# fail 0"),
+        "{text}"
+    );
 
     // The client's latency reports reached the server's histogram.
     let metrics = server.metrics().await;
-    assert!(metric_value(&metrics, "oddsfeed_browser_latency_seconds_count") >= 1.0, "{metrics}");
+    assert!(
+        metric_value(&metrics, "oddsfeed_browser_latency_seconds_count") >= 1.0,
+        "{metrics}"
+    );
     db.drop_db().await;
 }

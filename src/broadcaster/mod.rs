@@ -142,11 +142,27 @@ struct WsQuery {
     token: Option<String>,
 }
 
+/// The live odds board and the client it is built on, compiled into the binary.
+const BOARD_HTML: &str = include_str!("../../web/board.html");
+const CLIENT_JS: &str = include_str!("../../web/oddsfeed-client.js");
+
 pub fn router(state: BroadcasterState) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
         .route("/", get(upgrade))
+        .route("/oddsfeed-client.js", get(client_js))
         .with_state(state)
+}
+
+async fn client_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        CLIENT_JS,
+    )
+        .into_response()
 }
 
 fn refuse(status: StatusCode, code: &str, message: String) -> Response {
@@ -163,12 +179,23 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
+        // A plain GET of / is a browser: the odds board.
+        Err(_) if uri.path() == "/" => {
+            return (
+                [
+                    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                BOARD_HTML,
+            )
+                .into_response();
+        }
         Err(rejection) => {
-            // A plain GET: say what this endpoint is.
             return (
                 StatusCode::UPGRADE_REQUIRED,
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -9,11 +9,6 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_client_against_a_real_server() {
-    let web = concat!(env!("CARGO_MANIFEST_DIR"), "/web");
-    assert!(
-        std::path::Path::new(web).join("node_modules/ws").exists(),
-        "run `npm ci` in web/ first (scripts/test.sh does)"
-    );
     let db = TestDb::new().await;
     oddsfeed::sim::seed::seed(&db.pool, 30, 3, false)
         .await
@@ -36,22 +31,13 @@ async fn javascript_client_against_a_real_server() {
         }
     });
 
-    let out = tokio::process::Command::new("node")
-        .args(["--test", "test/client.test.mjs"])
-        .current_dir(web)
-        .env("ODDSFEED_WS_URL", format!("ws://{}/ws", server.addr))
-        .output()
-        .await
-        .expect("node is installed");
+    run_node_tests(
+        "test/client.test.mjs",
+        &[("ODDSFEED_WS_URL", format!("ws://{}/ws", server.addr))],
+        4,
+    )
+    .await;
     changes.abort();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    println!("{text}");
-    assert!(out.status.success(), "node --test failed:\n{text}");
-    assert!(
-        text.contains("# pass 4") && text.contains("# fail 0"),
-        "{text}"
-    );
 
     // The client's latency reports reached the server's histogram.
     let metrics = server.metrics().await;

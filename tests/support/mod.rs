@@ -625,3 +625,28 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Runs `node --test <file>` in web/ with `env`; fails with Node's output unless exactly
+/// `passes` tests passed and none failed.
+pub async fn run_node_tests(file: &str, env: &[(&str, String)], passes: usize) {
+    let web = concat!(env!("CARGO_MANIFEST_DIR"), "/web");
+    assert!(
+        std::path::Path::new(web).join("node_modules").exists(),
+        "run `npm ci` in web/ first (scripts/test.sh does)"
+    );
+    let out = tokio::process::Command::new("node")
+        .args(["--test", file])
+        .current_dir(web)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .expect("node is installed");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("{text}");
+    assert!(out.status.success(), "node --test {file} failed:\n{text}");
+    assert!(
+        text.contains(&format!("# pass {passes}")) && text.contains("# fail 0"),
+        "{text}"
+    );
+}

@@ -332,17 +332,7 @@ async fn an_operator_query_with_wrong_columns_is_reported_not_fatal() {
     let mut env2 = env.clone();
     env2.retain(|(k, _)| *k != "ACTIVE_EVENTS_SQL");
     env2.push(("ACTIVE_EVENTS_SQL", "/nonexistent/active.sql".into()));
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oddsfeed"))
-        .arg("publisher")
-        .env_clear()
-        .envs(env2.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = boot_failure(&["publisher"], &env2).await;
     assert!(text.contains("/nonexistent/active.sql"), "{text}");
     let _ = std::fs::remove_dir_all(dir);
     db.drop_db().await;

@@ -60,29 +60,6 @@ fn apply(state: &mut BTreeMap<String, Value>, msg: &Value) {
     state.extend(upserts(msg));
 }
 
-async fn redis_state(
-    redis_url: &str,
-    channel: &str,
-) -> (BTreeMap<String, String>, BTreeMap<String, Value>) {
-    let client = redis::Client::open(redis_url).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let meta: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{channel}:state:meta"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let events: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{channel}:state:events"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let events = events
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::from_str(&v).unwrap()))
-        .collect();
-    (meta, events)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_active_events_then_only_what_changed() {
     let db = TestDb::new().await;
@@ -190,7 +167,7 @@ async fn publishes_active_events_then_only_what_changed() {
     for msg in [&first, &second, &third] {
         apply(&mut expected, msg);
     }
-    let (meta, stored) = redis_state(&redis_url(), &channel).await;
+    let (meta, stored) = stored_state(&redis_url(), &channel).await;
     assert_eq!(meta["epoch"], epoch);
     assert_eq!(meta["seq"], "3");
     assert_eq!(meta["sport:football"], "2");

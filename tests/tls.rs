@@ -113,17 +113,7 @@ async fn a_missing_key_file_stops_the_process_at_boot_with_a_clear_error() {
     let (mut env, _) = publisher_env(&db, &redis_url());
     env.push(("TLS_CERT", dir.join("cert.pem").display().to_string()));
     env.push(("TLS_KEY", "/nonexistent/key.pem".to_string()));
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oddsfeed"))
-        .arg("serve")
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = boot_failure(&["serve"], &env).await;
     assert!(text.contains("/nonexistent/key.pem"), "{text}");
     let _ = std::fs::remove_dir_all(dir);
     db.drop_db().await;

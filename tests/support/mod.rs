@@ -650,3 +650,21 @@ pub async fn run_node_tests(file: &str, env: &[(&str, String)], passes: usize) {
         "{text}"
     );
 }
+
+/// Runs `oddsfeed <args>` with exactly `env`, expects it to exit with failure, and returns
+/// what it printed (for checking the error message).
+pub async fn boot_failure(args: &[&str], env: &[(&str, String)]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_oddsfeed"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .output()
+        .await
+        .expect("run oddsfeed");
+    assert!(
+        !out.status.success(),
+        "oddsfeed {args:?} was expected to fail"
+    );
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}

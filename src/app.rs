@@ -268,6 +268,8 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
             heartbeat: config.heartbeat_interval(),
             tick_timeout: config.tick_timeout(),
             autostart: config.publisher_autostart,
+            notify_min_gap: (config.notify_min_gap_ms > 0)
+                .then(|| Duration::from_millis(config.notify_min_gap_ms)),
         };
         tracker.spawn(scheduler.run(cancel.clone()));
         router = router.merge(control::router(ControlState {

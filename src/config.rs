@@ -110,6 +110,11 @@ pub struct Config {
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=3_600_000), global = true)]
     pub heartbeat_interval_ms: u64,
 
+    /// Tick early when PostgreSQL notifies a change (the schema's triggers), at most once per
+    /// this many milliseconds. 0 turns the fast path off (ticks only every TICK_INTERVAL_MS).
+    #[arg(long, env = "NOTIFY_MIN_GAP_MS", default_value_t = 50, global = true)]
+    pub notify_min_gap_ms: u64,
+
     /// Longest a tick's database read may take before the tick is abandoned and counted failed.
     #[arg(long, env = "TICK_TIMEOUT_MS", default_value_t = 5000, global = true)]
     pub tick_timeout_ms: u64,

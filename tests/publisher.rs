@@ -429,3 +429,33 @@ async fn schema_constraints_reject_impossible_data() {
     assert_eq!(again, 25.0);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_published_at_once_through_notify() {
+    let db = TestDb::new().await;
+    db.exec(FIXTURE).await;
+    let (mut env, channel) = publisher_env(&db, &redis_url());
+    // Ticks 10 s apart: only the NOTIFY fast path can publish a change quickly.
+    env.retain(|(k, _)| *k != "TICK_INTERVAL_MS");
+    env.push(("TICK_INTERVAL_MS", "10000".into()));
+    let mut sub = Subscriber::new(&redis_url(), &channel).await;
+    let _server = Server::start(&["publisher"], &env).await;
+    sub.next_odds(WAIT).await.expect("the first tick");
+    // Give the listener a moment to be in place, then change a price.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let changed_at = Instant::now();
+    db.exec("UPDATE outcomes SET external_price = 0.9 WHERE event_id = 'm3' AND name = 'YES'")
+        .await;
+    let msg = sub
+        .next_odds(Duration::from_secs(3))
+        .await
+        .expect("published before the next tick");
+    let took = changed_at.elapsed();
+    assert_eq!(upserts(&msg).keys().collect::<Vec<_>>(), vec!["m3"]);
+    assert!(
+        took < Duration::from_secs(2),
+        "published {took:?} after the change"
+    );
+    println!("change to publish through NOTIFY: {took:?}");
+    db.drop_db().await;
+}

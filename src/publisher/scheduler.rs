@@ -44,6 +44,49 @@ pub struct Scheduler {
     pub tick_timeout: Duration,
     /// Desired state when none is stored.
     pub autostart: bool,
+    /// Tick early when PostgreSQL notifies `oddsfeed_changes`, at most once per this gap;
+    /// `None` disables the fast path (ticks only on the interval).
+    pub notify_min_gap: Option<Duration>,
+}
+
+/// PostgreSQL channel the schema's triggers notify when odds inputs change.
+pub const CHANGES_CHANNEL: &str = "oddsfeed_changes";
+
+/// Listens on [`CHANGES_CHANNEL`] and wakes the tick loop; reconnects by itself.
+async fn listen_for_changes(
+    pool: sqlx::PgPool,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            error = relay_notifications(&pool, &wake) => {
+                tracing::debug!(%error, "change listener lost PostgreSQL; retrying in 1 s");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Wakes `wake` for every notification until the listener fails; returns the failure.
+async fn relay_notifications(pool: &sqlx::PgPool, wake: &tokio::sync::Notify) -> sqlx::Error {
+    let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
+        Ok(listener) => listener,
+        Err(e) => return e,
+    };
+    if let Err(e) = listener.listen(CHANGES_CHANNEL).await {
+        return e;
+    }
+    loop {
+        match listener.recv().await {
+            Ok(_) => wake.notify_one(),
+            Err(e) => return e,
+        }
+    }
 }
 
 /// What one cycle did, for logs.
@@ -95,14 +138,31 @@ impl Scheduler {
         };
         let mut failures: u32 = 0;
         let mut next = Instant::now();
+        let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+        if self.notify_min_gap.is_some() {
+            tokio::spawn(listen_for_changes(
+                self.source.pool(),
+                changed.clone(),
+                cancel.child_token(),
+            ));
+        }
+        let mut last_started = Instant::now();
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep_until(next) => {}
                 _ = self.handle.wake.notified() => {}
+                // A change in PostgreSQL: tick now (but never closer than the minimum gap, and
+                // not while backing off from a failure).
+                _ = changed.notified(), if failures == 0 => {
+                    let gap = self.notify_min_gap.unwrap_or_default();
+                    next = next.min((last_started + gap).max(Instant::now()));
+                    continue;
+                }
             }
             let started = Instant::now();
+            last_started = started;
             let result = self.cycle(&mut state).await;
             let elapsed = started.elapsed();
             match result {

@@ -49,6 +49,11 @@ impl Source {
         })
     }
 
+    /// The pool the query runs on.
+    pub fn pool(&self) -> PgPool {
+        self.pool.clone()
+    }
+
     /// Runs the query and groups its rows into events, in publishing order.
     #[tracing::instrument(skip(self), level = "debug")]
     pub async fn active_events(&self) -> anyhow::Result<Vec<EventInput>> {

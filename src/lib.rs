@@ -3,7 +3,7 @@
 //! The flow runs one way (see `DESIGN.md` in the shared docs and the README):
 //!
 //! ```text
-//! PostgreSQL ─(sql/active_events.sql every tick)─▶ publisher::source
+//! PostgreSQL ─(sql/active_events.sql every tick, or at once on NOTIFY)─▶ publisher::source
 //!   ─▶ odds::hybrid (pure) ─▶ odds::book (published state, diff) ─▶ bus::redis
 //!   (WATCH meta; MULTI HSET/HDEL state, HSET meta, PUBLISH sports-odds; EXEC)
 //!   ─▶ broadcaster::relay (copy of the book, seq check, resync from the state keys)
@@ -18,13 +18,13 @@
 //! | [`config`] | the one `Config` (clap + env), subcommands, documented defaults |
 //! | [`odds`] | pure domain: [`odds::hybrid`] formula, [`odds::event`] wire types, [`odds::book`] state + diff |
 //! | [`publisher`] | [`publisher::source`] SQL reads, [`publisher::scheduler`] tick loop, [`publisher::leader`] advisory lock, [`publisher::control`] HTTP start/stop/status |
-//! | [`broadcaster`] | [`broadcaster::relay`] Redis → hub, [`broadcaster::rooms`] hub and fan-out, [`broadcaster::session`] one socket, [`broadcaster::protocol`] messages, [`broadcaster::auth`] JWT |
+//! | [`broadcaster`] | [`broadcaster::relay`] Redis → hub, [`broadcaster::rooms`] hub and fan-out, [`broadcaster::session`] one socket, [`broadcaster::protocol`] messages, [`broadcaster::auth`] JWT; also serves the odds board (`web/board.html`) at `/` |
 //! | [`bus`] | [`bus::redis`]: fenced MULTI/EXEC publish with the state keys, heartbeats, state loading |
-//! | [`http`] | `/health`, `/metrics`, the HTTP error type |
+//! | [`http`] | `/health`, `/metrics`, the dependency probe, the HTTP error type |
 //! | [`db`] | PostgreSQL connect options, lazy pool, migrations |
 //! | [`telemetry`] | tracing setup, Prometheus recorder, every metric name |
 //! | [`sim`] | [`sim::seed`] demo data, [`sim::simulate`] live activity |
-//! | [`app`] | wiring of the subcommands, graceful shutdown |
+//! | [`app`] | wiring of the subcommands, plain or TLS listener, graceful shutdown |
 
 pub mod app;
 pub mod broadcaster;

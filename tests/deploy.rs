@@ -9,7 +9,6 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
@@ -175,20 +174,14 @@ async fn wss_through_the_shipped_nginx_site() {
     assert!(response.starts_with("HTTP/1.1 401"), "{response}");
 
     // wss: snapshot, then a live diff.
-    let (ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", connect().await.unwrap())
-        .await
-        .expect("wss upgrade through nginx");
-    let mut client = WsClient::from_stream(ws);
-    assert_eq!(client.next_json(WAIT).await.unwrap()["type"], "welcome");
-    client
-        .send(json!({"type": "subscribe", "room": "sport:all"}))
-        .await;
-    let snapshot = client.expect_type("snapshot", WAIT).await;
-    assert_eq!(snapshot["events"][0]["id"], "n1");
-    db.exec("UPDATE outcomes SET external_price = 0.7 WHERE event_id = 'n1' AND name = 'YES'")
-        .await;
-    let diff = client.expect_type("odds", WAIT).await;
-    assert_eq!(diff["seq"], snapshot["seq"].as_u64().unwrap() + 1);
+    let mut client = wss_snapshot_then_diff(
+        connect().await.unwrap(),
+        &db,
+        "sport:all",
+        "n1",
+        "UPDATE outcomes SET external_price = 0.7 WHERE event_id = 'n1' AND name = 'YES'",
+    )
+    .await;
     client.assert_usable().await;
     let _ = std::fs::remove_dir_all(dir);
     db.drop_db().await;

@@ -5,7 +5,6 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
@@ -73,22 +72,14 @@ async fn https_and_wss_with_a_self_signed_certificate() {
     assert!(response.contains("\"status\":\"ok\""), "{response}");
 
     // wss: snapshot, then a live diff.
-    let tls = tls_connect(&server.addr, &cert).await;
-    let (stream, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
-        .await
-        .expect("wss upgrade");
-    let mut client = WsClient::from_stream(stream);
-    assert_eq!(client.next_json(WAIT).await.unwrap()["type"], "welcome");
-    client
-        .send(json!({"type": "subscribe", "room": "sport:tennis"}))
-        .await;
-    let snapshot = client.expect_type("snapshot", WAIT).await;
-    assert_eq!(snapshot["events"][0]["id"], "s1");
-    db.exec("UPDATE outcomes SET external_price = 0.8 WHERE event_id = 's1' AND name = 'YES'")
-        .await;
-    let diff = client.expect_type("odds", WAIT).await;
-    assert_eq!(diff["seq"], snapshot["seq"].as_u64().unwrap() + 1);
-    assert_eq!(diff["upserts"][0]["id"], "s1");
+    wss_snapshot_then_diff(
+        tls_connect(&server.addr, &cert).await,
+        &db,
+        "sport:tennis",
+        "s1",
+        "UPDATE outcomes SET external_price = 0.8 WHERE event_id = 's1' AND name = 'YES'",
+    )
+    .await;
 
     // Plain http to the TLS port gets no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect(&server.addr).await.unwrap();

@@ -668,3 +668,36 @@ pub async fn boot_failure(args: &[&str], env: &[(&str, String)]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
+
+/// Over an established (TLS) stream: upgrades to wss, subscribes to `room`, expects a snapshot
+/// whose first event is `event_id`, runs `change` in PostgreSQL, and expects the next diff.
+pub async fn wss_snapshot_then_diff<S>(
+    stream: S,
+    db: &TestDb,
+    room: &str,
+    event_id: &str,
+    change: &str,
+) -> WsClient
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let wait = Duration::from_secs(10);
+    let (ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
+        .await
+        .expect("wss upgrade");
+    let mut client = WsClient::from_stream(ws);
+    assert_eq!(
+        client.next_json(wait).await.expect("welcome")["type"],
+        "welcome"
+    );
+    client
+        .send(serde_json::json!({"type": "subscribe", "room": room}))
+        .await;
+    let snapshot = client.expect_type("snapshot", wait).await;
+    assert_eq!(snapshot["events"][0]["id"], event_id);
+    db.exec(change).await;
+    let diff = client.expect_type("odds", wait).await;
+    assert_eq!(diff["seq"], snapshot["seq"].as_u64().unwrap() + 1);
+    assert_eq!(diff["upserts"][0]["id"], event_id);
+    client
+}

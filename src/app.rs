@@ -209,7 +209,6 @@ fn broadcaster(
         tracker,
         node,
         next_id: Arc::new(AtomicU64::new(1)),
-        relay_connected: relay_connected.clone(),
     };
     (
         state,

@@ -164,7 +164,7 @@ async fn tick(
                 PublishOutcome::Published { bytes: b, .. } => bytes.push(b),
                 PublishOutcome::Conflict { found } => anyhow::bail!("unexpected conflict {found:?}"),
             }
-            book.apply(&delta);
+            book.apply(delta);
             let t3 = Instant::now();
             if i == 0 {
                 first = Some((views.len(), t3 - t0, t1 - t0, t2 - t1, t3 - t2));

@@ -15,7 +15,7 @@ pub mod session;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
@@ -132,9 +132,8 @@ pub struct BroadcasterState {
     pub tracker: TaskTracker,
     /// Names this process in client ids, so ids are unique across broadcaster nodes.
     pub node: String,
+    /// Source of client ids within this process.
     pub next_id: Arc<AtomicU64>,
-    /// True while the relay is subscribed to Redis.
-    pub relay_connected: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -157,10 +157,11 @@ impl Relay {
             ChannelMessage::Odds(odds) => {
                 let latency_ms = (now_ms() - odds.published_at).max(0);
                 histogram!(m::RELAY_LATENCY).record(latency_ms as f64 / 1e3);
-                match self.hub.apply(&odds) {
+                let epoch = odds.epoch.clone();
+                match self.hub.apply(odds) {
                     Applied::Yes | Applied::Duplicate => {}
                     Applied::Gap { expected, got } => {
-                        tracing::warn!(expected, got, epoch = %odds.epoch, "gap in the odds stream");
+                        tracing::warn!(expected, got, %epoch, "gap in the odds stream");
                         self.reload(conn, keys, "gap").await?;
                     }
                 }

@@ -241,9 +241,10 @@ impl Inner {
             Some(RoomKind::All) => true,
             Some(RoomKind::Sport) => {
                 let key = &room["sport:".len()..];
-                self.book.as_ref().is_some_and(|b| {
-                    b.sport_seqs().contains_key(key) || b.events().any(|e| e.view.sport == key)
-                })
+                // Every sport that ever had an event has a seq (kept in the meta hash).
+                self.book
+                    .as_ref()
+                    .is_some_and(|b| b.sport_seqs().contains_key(key))
             }
             Some(RoomKind::Event) => self
                 .book
@@ -575,8 +576,9 @@ impl Hub {
         }
     }
 
-    /// Applies one odds message to the book and fans it out to the odds rooms.
-    pub fn apply(&self, msg: &OddsMessage) -> Applied {
+    /// Applies one odds message to the book and fans it out to the odds rooms. The message's
+    /// events move into the book once every frame is serialised.
+    pub fn apply(&self, msg: OddsMessage) -> Applied {
         let mut inner = self.lock();
         let Some(book) = &inner.book else {
             return Applied::Gap {
@@ -599,10 +601,6 @@ impl Hub {
                 got: msg.seq,
             };
         }
-        let delta = Delta {
-            seq: msg.seq,
-            sports: msg.sports.clone(),
-        };
         let published_at = Some(msg.published_at);
         let epoch = msg.epoch.as_str();
         let frame =
@@ -663,7 +661,10 @@ impl Hub {
         }
 
         if let Some(book) = inner.book.as_mut() {
-            book.apply(&delta);
+            book.apply(Delta {
+                seq: msg.seq,
+                sports: msg.sports,
+            });
         }
         for (room, f, seq) in frames {
             let kind = f.kind;

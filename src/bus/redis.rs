@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::odds::{Book, ChannelMessage, Delta, Event, Heartbeat, OddsMessage, net_removals};
+use crate::odds::{Book, ChannelMessage, Delta, Event, Heartbeat, OddsMessageRef, net_removals};
 
 /// Names of the state keys of one channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +59,10 @@ impl StoredState {
 }
 
 /// What a fenced publish found.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishOutcome {
-    /// Written and published: the message, its size, and how many subscribers received it.
-    Published {
-        message: OddsMessage,
-        bytes: usize,
-        receivers: i64,
-    },
+    /// Written and published: the message's size, and how many subscribers received it.
+    Published { bytes: usize, receivers: i64 },
     /// The state in Redis is not the one the book continues from (another writer, or a write
     /// whose reply was lost). Nothing was written; reload the state.
     Conflict { found: Option<(String, u64)> },
@@ -148,16 +144,23 @@ impl OddsBus {
             }
         };
 
-        let message = odds_message(book, delta, tick_at);
-        let payload = serde_json::to_string(&ChannelMessage::Odds(message.clone()))
-            .context("Failed to serialise the odds message")?;
+        let published_at = now_ms();
+        let message = OddsMessageRef::new(
+            book.epoch(),
+            delta.seq,
+            tick_at,
+            published_at,
+            &delta.sports,
+        );
+        let payload =
+            serde_json::to_string(&message).context("Failed to serialise the odds message")?;
 
         let mut pipe = redis::pipe();
         pipe.atomic();
         if rewrite_all {
             // Lost or never-written state: replace it by the book plus this delta.
             let mut next = book.clone();
-            next.apply(delta);
+            next.apply(delta.clone());
             pipe.del(&self.keys.events).ignore();
             pipe.del(&self.keys.meta).ignore();
             let all = next
@@ -197,9 +200,9 @@ impl OddsBus {
         pipe.hset_multiple(
             &self.keys.meta,
             &[
-                ("epoch", message.epoch.clone()),
-                ("seq", message.seq.to_string()),
-                ("publishedAt", message.published_at.to_string()),
+                ("epoch", book.epoch().to_string()),
+                ("seq", delta.seq.to_string()),
+                ("publishedAt", published_at.to_string()),
             ],
         )
         .ignore();
@@ -212,7 +215,6 @@ impl OddsBus {
         Ok(match result {
             Some((receivers,)) => PublishOutcome::Published {
                 bytes: payload.len(),
-                message,
                 receivers,
             },
             // EXEC returned nil: meta changed between the check and the write.
@@ -234,16 +236,6 @@ impl OddsBus {
             .await
             .context("Failed to PUBLISH a heartbeat")?;
         Ok(payload.len())
-    }
-}
-
-fn odds_message(book: &Book, delta: &Delta, tick_at: i64) -> OddsMessage {
-    OddsMessage {
-        epoch: book.epoch().to_string(),
-        seq: delta.seq,
-        tick_at,
-        published_at: now_ms(),
-        sports: delta.sports.clone(),
     }
 }
 

@@ -187,8 +187,8 @@ impl Book {
         })
     }
 
-    /// Commits a delta produced by [`Book::diff`] on this book.
-    pub fn apply(&mut self, delta: &Delta) {
+    /// Commits a delta produced by [`Book::diff`] on this book (its events move in).
+    pub fn apply(&mut self, delta: Delta) {
         debug_assert_eq!(delta.seq, self.seq + 1, "delta from another book state");
         self.seq = delta.seq;
         for (sport, block) in &delta.sports {
@@ -201,9 +201,9 @@ impl Book {
                 }
             }
         }
-        for block in delta.sports.values() {
-            for event in &block.upserts {
-                self.events.insert(event.id.clone(), event.clone());
+        for block in delta.sports.into_values() {
+            for event in block.upserts {
+                self.events.insert(event.id.clone(), event);
             }
         }
     }
@@ -251,7 +251,7 @@ mod tests {
 
     fn step(book: &mut Book, current: &[(String, EventView)]) -> Option<Delta> {
         let delta = book.diff(current)?;
-        book.apply(&delta);
+        book.apply(delta.clone());
         Some(delta)
     }
 

@@ -81,6 +81,39 @@ pub struct OddsMessage {
     pub sports: BTreeMap<String, SportDelta>,
 }
 
+/// An `odds` message serialised straight from borrowed parts, so the publisher's hot path does
+/// not copy every upserted event just to write JSON. Same JSON as `ChannelMessage::Odds`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OddsMessageRef<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub epoch: &'a str,
+    pub seq: u64,
+    pub tick_at: i64,
+    pub published_at: i64,
+    pub sports: &'a BTreeMap<String, SportDelta>,
+}
+
+impl<'a> OddsMessageRef<'a> {
+    pub fn new(
+        epoch: &'a str,
+        seq: u64,
+        tick_at: i64,
+        published_at: i64,
+        sports: &'a BTreeMap<String, SportDelta>,
+    ) -> Self {
+        Self {
+            kind: "odds",
+            epoch,
+            seq,
+            tick_at,
+            published_at,
+            sports,
+        }
+    }
+}
+
 /// `{"type":"heartbeat",...}`: sent when no `odds` message went out for a heartbeat interval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -315,6 +348,30 @@ mod tests {
         );
         let json = serde_json::to_string(&view).unwrap();
         assert!(!json.contains("NaN") && !json.contains("inf"));
+    }
+
+    #[test]
+    fn borrowed_odds_message_serialises_like_the_owned_one() {
+        let sports = BTreeMap::from([(
+            "tennis".to_string(),
+            SportDelta {
+                seq: 4,
+                upserts: vec![],
+                removals: vec!["x".into()],
+            },
+        )]);
+        let owned = ChannelMessage::Odds(OddsMessage {
+            epoch: "e".into(),
+            seq: 9,
+            tick_at: 1,
+            published_at: 2,
+            sports: sports.clone(),
+        });
+        let borrowed = OddsMessageRef::new("e", 9, 1, 2, &sports);
+        assert_eq!(
+            serde_json::to_string(&borrowed).unwrap(),
+            serde_json::to_string(&owned).unwrap()
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod hybrid;
 
 pub use book::{Book, Delta, net_removals};
 pub use event::{
-    ChannelMessage, Event, EventInput, EventView, Heartbeat, OddsMessage, Outcome, SportDelta,
-    sport_key,
+    ChannelMessage, Event, EventInput, EventView, Heartbeat, OddsMessage, OddsMessageRef, Outcome,
+    SportDelta, sport_key,
 };
 pub use hybrid::{OddsParams, OddsSource, OutcomeInput, Priced, Unusable, price_event};

@@ -336,9 +336,7 @@ impl Scheduler {
                     .await
                     .map_err(CycleError::Redis)?;
                 let (receivers, bytes) = match outcome {
-                    PublishOutcome::Published {
-                        receivers, bytes, ..
-                    } => (receivers, bytes),
+                    PublishOutcome::Published { receivers, bytes } => (receivers, bytes),
                     PublishOutcome::Conflict { found } => return Err(CycleError::Conflict(found)),
                 };
                 histogram!(m::TICK_DURATION, "stage" => "publish").record(computed.elapsed());
@@ -366,7 +364,7 @@ impl Scheduler {
                     bytes,
                     "published"
                 );
-                book.apply(&delta);
+                book.apply(delta);
                 true
             }
         };

@@ -647,3 +647,38 @@ async fn two_broadcasters_tell_the_same_story() {
     );
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_also_at_root_and_the_board_for_browsers() {
+    let db = TestDb::new().await;
+    seed(&db, 2).await;
+    let (env, channel) = serve_env(&db, &redis_url());
+    let server = Server::start(&["serve"], &env).await;
+    wait_published(&redis_url(), &channel).await;
+
+    // CONTRACT §6: the endpoint is also accepted at /.
+    let (mut c, _) = WsClient::connect_welcomed(&format!("ws://{}/", server.addr)).await;
+    assert_eq!(join(&mut c, "sport:football").await.events.len(), 2);
+
+    // A plain GET of / is the odds board, with the client it imports; /ws wants an upgrade.
+    let page = reqwest::get(server.url("/")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.text().await.unwrap().contains("./oddsfeed-client.js"));
+    let js = reqwest::get(server.url("/oddsfeed-client.js"))
+        .await
+        .unwrap();
+    assert!(
+        js.text()
+            .await
+            .unwrap()
+            .contains("export class OddsFeedClient")
+    );
+    assert_eq!(reqwest::get(server.url("/ws")).await.unwrap().status(), 426);
+    db.drop_db().await;
+}

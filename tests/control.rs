@@ -20,14 +20,6 @@ async fn call(server: &Server, method: reqwest::Method, headers: &[(&str, &str)]
     (code, resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn seed_one_event(db: &TestDb) {
-    db.exec(
-        "INSERT INTO events (id, title, sport, team_a, team_b, event_type) VALUES ('c1', 'C1', 'Tennis', 'A1', 'B1', 'upcoming');
-         INSERT INTO outcomes (event_id, name, position, external_price) VALUES ('c1', 'YES', 0, 0.5), ('c1', 'NO', 1, 0.5);",
-    )
-    .await;
-}
-
 /// Asserts nothing at all (not even a heartbeat) arrives for `quiet`.
 async fn assert_silent(sub: &mut Subscriber, quiet: Duration) {
     if let Some(msg) = sub.next(quiet).await {
@@ -38,7 +30,7 @@ async fn assert_silent(sub: &mut Subscriber, quiet: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_stop_status_auth_and_persistence() {
     let db = TestDb::new().await;
-    seed_one_event(&db).await;
+    seed_one_event(&db, "c1").await;
     let (mut env, channel) = publisher_env(&db, &redis_url());
     env.push(("CONTROL_TOKEN", "s3cret".into()));
     let mut sub = Subscriber::new(&redis_url(), &channel).await;

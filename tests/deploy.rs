@@ -6,12 +6,10 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::rustls;
 
 const WAIT: Duration = Duration::from_secs(10);
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
@@ -92,20 +90,13 @@ impl Drop for Nginx {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_through_the_shipped_nginx_site() {
     let db = TestDb::new().await;
-    db.exec(
-        "INSERT INTO events (id, title, sport, team_a, team_b, event_type) VALUES ('n1', 'N1', 'Tennis', 'A1', 'B1', 'upcoming');
-         INSERT INTO outcomes (event_id, name, position, external_price) VALUES ('n1', 'YES', 0, 0.5), ('n1', 'NO', 1, 0.5);",
-    )
-    .await;
+    seed_one_event(&db, "n1").await;
     let (mut env, channel) = publisher_env(&db, &redis_url());
     env.push(("CONTROL_TOKEN", "tok".into()));
     let server = Server::start(&["serve"], &env).await;
     wait_published(&redis_url(), &channel).await;
 
-    let dir = temp_dir("nginx");
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let (dir, cert) = self_signed_cert();
     let port = free_port();
     let conf = nginx_config(&dir, &server.addr, port);
     let test = Command::new("nginx")
@@ -132,28 +123,8 @@ async fn wss_through_the_shipped_nginx_site() {
             .expect("start nginx"),
     );
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).unwrap();
-    let tls = Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
-    let connect = || {
-        let tls = tls.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()?;
-            tokio_rustls::TlsConnector::from(tls)
-                .connect(
-                    rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                    tcp,
-                )
-                .await
-                .ok()
-        }
-    };
+    let nginx_addr = format!("127.0.0.1:{port}");
+    let connect = || tls_connect(&nginx_addr, &cert);
 
     // https: health through the proxy; the control API wants the token behind it.
     let mut stream = eventually(WAIT, "nginx to accept TLS", connect).await;

@@ -177,26 +177,10 @@ async fn redis_restart_mid_stream_resumes_with_everything_that_changed() {
     // Redis comes back empty, with a password so the publisher cannot write until this
     // test's subscriber is listening; then the password goes.
     redis.restart().await;
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg("pw")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    set_redis_password(&redis.url(), "pw").await;
     let authed = format!("redis://:pw@127.0.0.1:{}", redis.port);
     let mut sub = Subscriber::new(&authed, &channel).await;
-    let client = redis::Client::open(authed.as_str()).unwrap();
-    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg("")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    set_redis_password(&authed, "").await;
 
     let resumed = sub
         .next_odds(WAIT)
@@ -216,24 +200,11 @@ async fn redis_restart_mid_stream_resumes_with_everything_that_changed() {
     assert_eq!(changed["f0"]["version"], 2);
 
     // The state written back matches what was published, so late joiners are consistent.
-    let meta: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{channel}:state:meta"))
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let (meta, stored) = stored_state(&redis.url(), &channel).await;
     assert_eq!(meta["seq"], "2");
     assert_eq!(meta["epoch"], first["epoch"].as_str().unwrap());
-    let events: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{channel}:state:events"))
-        .query_async(&mut admin)
-        .await
-        .unwrap();
     let mut expected = upserts(&first);
     expected.extend(changed);
-    let stored: std::collections::BTreeMap<String, Value> = events
-        .into_iter()
-        .map(|(k, v)| (k, serde_json::from_str(&v).unwrap()))
-        .collect();
     assert_eq!(stored, expected);
 
     let metrics = server.metrics().await;

@@ -459,3 +459,17 @@ async fn a_change_is_published_at_once_through_notify() {
     println!("change to publish through NOTIFY: {took:?}");
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_events_caps_what_is_published_in_publishing_order() {
+    let db = TestDb::new().await;
+    db.exec(FIXTURE).await;
+    let (mut env, channel) = publisher_env(&db, &redis_url());
+    env.push(("MAX_EVENTS", "2".into()));
+    let mut sub = Subscriber::new(&redis_url(), &channel).await;
+    let _server = Server::start(&["publisher"], &env).await;
+    let first = sub.next_odds(WAIT).await.expect("a first message");
+    // m1 is live, m2 starts before m3: the cap keeps the first two.
+    assert_eq!(upserts(&first).keys().collect::<Vec<_>>(), vec!["m1", "m2"]);
+    db.drop_db().await;
+}

@@ -2,59 +2,18 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::rustls;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A self-signed certificate for localhost, written to a temp dir; returns (dir, cert DER).
-fn self_signed() -> (
-    std::path::PathBuf,
-    rustls::pki_types::CertificateDer<'static>,
-) {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
-    let dir = std::env::temp_dir().join(format!("oddsfeed-tls-{}", random_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
-    (dir, certified.cert.der().clone())
-}
-
-async fn tls_connect(
-    addr: &str,
-    cert: &rustls::pki_types::CertificateDer<'static>,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.clone()).unwrap();
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .expect("TLS handshake with the server's certificate")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_and_wss_with_a_self_signed_certificate() {
     let db = TestDb::new().await;
-    db.exec(
-        "INSERT INTO events (id, title, sport, team_a, team_b, event_type) VALUES ('s1', 'S1', 'Tennis', 'A1', 'B1', 'upcoming');
-         INSERT INTO outcomes (event_id, name, position, external_price) VALUES ('s1', 'YES', 0, 0.5), ('s1', 'NO', 1, 0.5);",
-    )
-    .await;
-    let (dir, cert) = self_signed();
+    seed_one_event(&db, "s1").await;
+    let (dir, cert) = self_signed_cert();
     let (mut env, channel) = publisher_env(&db, &redis_url());
     env.push(("TLS_CERT", dir.join("cert.pem").display().to_string()));
     env.push(("TLS_KEY", dir.join("key.pem").display().to_string()));
@@ -62,7 +21,9 @@ async fn https_and_wss_with_a_self_signed_certificate() {
     wait_published(&redis_url(), &channel).await;
 
     // https: /health over TLS.
-    let mut tls = tls_connect(&server.addr, &cert).await;
+    let mut tls = tls_connect(&server.addr, &cert)
+        .await
+        .expect("TLS handshake with the server's certificate");
     tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -73,7 +34,9 @@ async fn https_and_wss_with_a_self_signed_certificate() {
 
     // wss: snapshot, then a live diff.
     wss_snapshot_then_diff(
-        tls_connect(&server.addr, &cert).await,
+        tls_connect(&server.addr, &cert)
+            .await
+            .expect("TLS handshake with the server's certificate"),
         &db,
         "sport:tennis",
         "s1",
@@ -100,7 +63,7 @@ async fn https_and_wss_with_a_self_signed_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_key_file_stops_the_process_at_boot_with_a_clear_error() {
     let db = TestDb::new().await;
-    let (dir, _) = self_signed();
+    let (dir, _) = self_signed_cert();
     let (mut env, _) = publisher_env(&db, &redis_url());
     env.push(("TLS_CERT", dir.join("cert.pem").display().to_string()));
     env.push(("TLS_KEY", "/nonexistent/key.pem".to_string()));

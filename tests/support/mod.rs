@@ -701,3 +701,65 @@ where
     assert_eq!(diff["upserts"][0]["id"], event_id);
     client
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS.
+
+pub type Certificate = tokio_rustls::rustls::pki_types::CertificateDer<'static>;
+
+/// A self-signed certificate for localhost, written as `cert.pem` and `key.pem` into a new
+/// temp dir; returns the dir and the certificate to trust.
+pub fn self_signed_cert() -> (std::path::PathBuf, Certificate) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("generate a certificate");
+    let dir = std::env::temp_dir().join(format!("oddsfeed-tls-{}", random_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    (dir, certified.cert.der().clone())
+}
+
+/// A TLS connection to `addr` that trusts only `cert` (as `localhost`); `None` if the TCP
+/// connect or the handshake fails.
+pub async fn tls_connect(
+    addr: &str,
+    cert: &Certificate,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).ok()?;
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").ok()?,
+            tcp,
+        )
+        .await
+        .ok()
+}
+
+/// One upcoming tennis event with YES/NO at 0.5 each.
+pub async fn seed_one_event(db: &TestDb, id: &str) {
+    db.exec(&format!(
+        "INSERT INTO events (id, title, sport, team_a, team_b, event_type) VALUES ('{id}', '{id}', 'Tennis', 'A1', 'B1', 'upcoming');
+         INSERT INTO outcomes (event_id, name, position, external_price) VALUES ('{id}', 'YES', 0, 0.5), ('{id}', 'NO', 1, 0.5);"
+    ))
+    .await;
+}
+
+/// Sets (or, with "", clears) a Redis server's password.
+pub async fn set_redis_password(url: &str, password: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(password)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}

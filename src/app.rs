@@ -18,7 +18,9 @@ use crate::broadcaster::rooms::HubLimits;
 use crate::broadcaster::{Admission, BroadcasterState, Hub, SessionContext, SessionLimits};
 use crate::config::{Command, Config};
 use crate::publisher::control::{self, ControlState};
+use crate::publisher::scheduler::listen_for_changes;
 use crate::publisher::{Leader, PublisherHandle, Scheduler, Source};
+use crate::supervisor::{Faults, Supervisor};
 use crate::{bus, db, http, sim, telemetry};
 
 /// Which halves of the service this process runs.
@@ -146,6 +148,7 @@ fn broadcaster(
     config: &Config,
     cancel: CancellationToken,
     tracker: TaskTracker,
+    supervisor: &Supervisor,
 ) -> (BroadcasterState, http::BroadcasterHealth) {
     let hub = Hub::new(HubLimits {
         replay_messages: config.replay_buffer_messages,
@@ -165,7 +168,7 @@ fn broadcaster(
         heartbeat: config.heartbeat_interval(),
         connected: relay_connected.clone(),
     };
-    tracker.spawn(relay.run(cancel.clone()));
+    supervisor.spawn("relay", true, move |cancel| relay.clone().run(cancel));
     let sessions = Arc::new(SessionContext {
         hub: hub.clone(),
         verifier: Verifier::new(config.jwt_secret.as_deref()),
@@ -226,6 +229,12 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     let params = config.odds_params()?;
     let cancel = shutdown_signal();
     let tracker = TaskTracker::new();
+    let supervisor = Supervisor::new(
+        tracker.clone(),
+        cancel.clone(),
+        Faults::new(config.fault_injection),
+        Duration::from_millis(config.task_restart_backoff_ms),
+    );
 
     let health_redis = bus::connection(&config.redis_url)?;
     let mut router = axum::Router::new();
@@ -250,33 +259,46 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
             config.max_events,
         )?;
         let handle = PublisherHandle::new(config.tick_interval());
-        let scheduler = Scheduler {
-            source,
-            bus: bus::OddsBus::new(
-                bus::connection(&config.redis_url)?,
-                config.odds_channel.clone(),
-            ),
-            leader: Leader::new(
-                options,
-                config.leader_lock_key(),
-                config.odds_channel.clone(),
-            ),
-            params,
-            handle: handle.clone(),
-            interval: config.tick_interval(),
-            heartbeat: config.heartbeat_interval(),
-            tick_timeout: config.tick_timeout(),
-            autostart: config.publisher_autostart,
-            notify_min_gap: (config.notify_min_gap_ms > 0)
-                .then(|| Duration::from_millis(config.notify_min_gap_ms)),
-        };
-        tracker.spawn(scheduler.run(cancel.clone()));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let notify_min_gap =
+            (config.notify_min_gap_ms > 0).then(|| Duration::from_millis(config.notify_min_gap_ms));
+        if notify_min_gap.is_some() {
+            let (pool, changed) = (pool.clone(), changed.clone());
+            supervisor.spawn("listener", false, move |cancel| {
+                listen_for_changes(pool.clone(), changed.clone(), cancel)
+            });
+        }
+        let redis = bus::connection(&config.redis_url)?;
+        let (handle_, config_) = (handle.clone(), config.clone());
+        // Each (re)start gets a fresh scheduler: a new lock session and an empty book, which
+        // it reloads from Redis.
+        supervisor.spawn("scheduler", true, move |cancel| {
+            Scheduler {
+                source: source.clone(),
+                bus: bus::OddsBus::new(redis.clone(), config_.odds_channel.clone()),
+                leader: Leader::new(
+                    options.clone(),
+                    config_.leader_lock_key(),
+                    config_.odds_channel.clone(),
+                ),
+                params,
+                handle: handle_.clone(),
+                interval: config_.tick_interval(),
+                heartbeat: config_.heartbeat_interval(),
+                tick_timeout: config_.tick_timeout(),
+                autostart: config_.publisher_autostart,
+                notify_min_gap,
+                changed: changed.clone(),
+            }
+            .run(cancel)
+        });
         router = router.merge(control::router(ControlState {
             pool,
             channel: config.odds_channel.clone(),
             token: config.control_token.clone(),
             handle: handle.clone(),
             autostart: config.publisher_autostart,
+            tasks: supervisor.tasks(),
         }));
         publisher_handle = Some(handle);
     }
@@ -284,7 +306,7 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     let mut broadcaster_health = None;
     if roles.broadcaster {
         config.validate_broadcaster()?;
-        let (state, health) = broadcaster(&config, cancel.clone(), tracker.clone());
+        let (state, health) = broadcaster(&config, cancel.clone(), tracker.clone(), &supervisor);
         router = router.merge(crate::broadcaster::router(state));
         broadcaster_health = Some(health);
     }
@@ -292,11 +314,10 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     if roles.simulator
         && let Some((pool, _)) = pool.clone()
     {
-        tracker.spawn(sim::simulate::run(
-            pool,
-            sim_settings(&config),
-            cancel.clone(),
-        ));
+        let settings = sim_settings(&config);
+        supervisor.spawn("simulator", false, move |cancel| {
+            sim::simulate::run(pool.clone(), settings, cancel)
+        });
     }
 
     if roles.publisher {
@@ -305,13 +326,23 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     if roles.broadcaster {
         telemetry::register_broadcaster_metrics();
     }
-    tracker.spawn(http::probe_dependencies(
-        pool.as_ref().map(|(p, _)| p.clone()),
-        health_redis.clone(),
-        Duration::from_secs(5),
-        cancel.clone(),
-    ));
+    let (probe_pool, probe_redis) = (pool.as_ref().map(|(p, _)| p.clone()), health_redis.clone());
+    supervisor.spawn("probe", false, move |cancel| {
+        http::probe_dependencies(
+            probe_pool.clone(),
+            probe_redis.clone(),
+            Duration::from_secs(5),
+            cancel,
+        )
+    });
+    if supervisor.faults().enabled() {
+        tracing::warn!(
+            "FAULT_INJECTION is on: POST /debug/panic/<task> makes a task panic (testing only)"
+        );
+        router = router.merge(http::fault_router(supervisor.faults()));
+    }
     router = router.merge(http::router(http::HealthState {
+        tasks: supervisor.tasks(),
         started,
         metrics,
         pool: pool.map(|(p, _)| p),

@@ -281,6 +281,16 @@ pub struct Config {
     )]
     pub shutdown_timeout_ms: u64,
 
+    /// First wait before a supervised task that panicked or exited is started again; doubles
+    /// per consecutive failure up to 5 s.
+    #[arg(long, env = "TASK_RESTART_BACKOFF_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=60_000), global = true)]
+    pub task_restart_backoff_ms: u64,
+
+    /// Testing only: routes `POST /debug/panic/<task>` (loopback) to make a supervised task
+    /// panic, to prove it is restarted and reported. Never enable in production.
+    #[arg(long, env = "FAULT_INJECTION", default_value_t = false, action = ArgAction::Set, global = true, hide = true)]
+    pub fault_injection: bool,
+
     /// Demo data: number of events `seed` creates.
     #[arg(long, env = "SEED_EVENTS", default_value_t = 300, global = true)]
     pub seed_events: usize,

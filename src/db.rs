@@ -14,7 +14,7 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://localhost/oddsfeed";
 const LOCAL_SOCKET_DIR: &str = "/var/run/postgresql";
 
 /// Parses `DATABASE_URL`. With the default URL, when nothing answers on TCP but the local
-/// socket exists, the socket is used instead (CONTRACT §1).
+/// socket exists, the socket is used instead (docs/PROTOCOL.md).
 pub async fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     let options =
         PgConnectOptions::from_str(url).with_context(|| format!("Invalid DATABASE_URL {url:?}"))?;

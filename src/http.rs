@@ -76,6 +76,8 @@ pub struct HealthState {
     pub publisher: Option<PublisherHandle>,
     /// The local broadcaster, when this process runs one.
     pub broadcaster: Option<BroadcasterHealth>,
+    /// The supervised long-running tasks.
+    pub tasks: crate::supervisor::Tasks,
 }
 
 /// What /health reads from the broadcaster.
@@ -88,6 +90,32 @@ pub struct BroadcasterHealth {
 
 /// How long a dependency check may take before it counts as down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `POST /debug/panic/{task}` (loopback only), routed only with `FAULT_INJECTION`: makes the
+/// named supervised task panic, to prove it is restarted and reported.
+pub fn fault_router(faults: crate::supervisor::Faults) -> Router {
+    Router::new()
+        .route(
+            "/debug/panic/{task}",
+            axum::routing::post(
+                |State(faults): State<crate::supervisor::Faults>,
+                 axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                    std::net::SocketAddr,
+                >,
+                 axum::extract::Path(task): axum::extract::Path<String>| async move {
+                    if !peer.ip().to_canonical().is_loopback() {
+                        return StatusCode::FORBIDDEN;
+                    }
+                    if faults.arm(&task) {
+                        StatusCode::ACCEPTED
+                    } else {
+                        StatusCode::NOT_FOUND
+                    }
+                },
+            ),
+        )
+        .with_state(faults)
+}
 
 pub fn router(state: HealthState) -> Router {
     Router::new()
@@ -191,8 +219,14 @@ async fn health(State(mut state): State<HealthState>) -> impl IntoResponse {
         .broadcaster
         .as_ref()
         .map_or(0, |b| b.hub.connections());
+    let tasks = state.tasks.snapshot();
+    let task_down = tasks.values().any(|t| t.status != "running");
+    // Without its tick loop or its relay the process cannot do its job: not ready.
+    let critical_down = tasks.values().any(|t| t.critical && t.status != "running");
+    let ready = ready && !critical_down;
     let mut body = json!({
-        "status": if ready && !publisher_failing && !stream_failing { "ok" } else { "degraded" },
+        "status": if ready && !publisher_failing && !stream_failing && !task_down { "ok" } else { "degraded" },
+        "tasks": tasks,
         "connections": connections,
         "uptime": state.started.elapsed().as_secs(),
         "timestamp": now_ms(),

@@ -1,6 +1,6 @@
 //! oddsfeed: sports odds from PostgreSQL to thousands of browsers, through Redis.
 //!
-//! The flow runs one way (see `DESIGN.md` in the shared docs and the README):
+//! The flow runs one way (reference: `docs/PROTOCOL.md`):
 //!
 //! ```text
 //! PostgreSQL ─(sql/active_events.sql every tick, or at once on NOTIFY)─▶ publisher::source
@@ -17,13 +17,14 @@
 //! |---|---|
 //! | [`config`] | the one `Config` (clap + env), subcommands, documented defaults |
 //! | [`odds`] | pure domain: [`odds::hybrid`] formula, [`odds::event`] wire types, [`odds::book`] state + diff |
-//! | [`publisher`] | [`publisher::source`] SQL reads, [`publisher::scheduler`] tick loop, [`publisher::leader`] advisory lock, [`publisher::control`] HTTP start/stop/status |
+//! | [`publisher`] | [`publisher::source`] SQL reads grouped by event id, [`publisher::decode`] tolerant column decoding, [`publisher::scheduler`] tick loop, [`publisher::leader`] advisory lock, [`publisher::control`] HTTP start/stop/status |
 //! | [`broadcaster`] | [`broadcaster::relay`] Redis → hub, [`broadcaster::rooms`] hub and fan-out, [`broadcaster::session`] one socket, [`broadcaster::protocol`] messages, [`broadcaster::auth`] JWT; also serves the odds board (`web/board.html`) at `/` |
 //! | [`bus`] | [`bus::redis`]: fenced MULTI/EXEC publish with the state keys, heartbeats, state loading |
 //! | [`http`] | `/health`, `/metrics`, the dependency probe, the HTTP error type |
 //! | [`db`] | PostgreSQL connect options, lazy pool, migrations |
 //! | [`telemetry`] | tracing setup, Prometheus recorder, every metric name |
 //! | [`sim`] | [`sim::seed`] demo data, [`sim::simulate`] live activity |
+//! | [`supervisor`] | restarts a long-running task that panicked or exited, counts it, reports it to `/health` |
 //! | [`app`] | wiring of the subcommands, plain or TLS listener, graceful shutdown |
 
 pub mod app;
@@ -35,4 +36,5 @@ pub mod http;
 pub mod odds;
 pub mod publisher;
 pub mod sim;
+pub mod supervisor;
 pub mod telemetry;

@@ -26,6 +26,7 @@ pub const PUBLISHER_RUNNING: &str = "oddsfeed_publisher_running";
 pub const PUBLISHER_SEQ: &str = "oddsfeed_publisher_seq";
 pub const LEADER_CHANGES: &str = "oddsfeed_leader_changes_total";
 pub const STATE_RELOADS: &str = "oddsfeed_state_reloads_total";
+pub const SOURCE_VALUE_PROBLEMS: &str = "oddsfeed_source_value_problems_total";
 // Broadcaster.
 pub const WS_CONNECTIONS: &str = "oddsfeed_ws_connections";
 pub const WS_CONNECTIONS_TOTAL: &str = "oddsfeed_ws_connections_total";
@@ -47,6 +48,8 @@ pub const RELAY_DROPPED: &str = "oddsfeed_relay_dropped_messages_total";
 pub const ERRORS: &str = "oddsfeed_errors_total";
 pub const DEPENDENCY_UP: &str = "oddsfeed_dependency_up";
 pub const BUILD_INFO: &str = "oddsfeed_build_info";
+pub const TASK_RESTARTS: &str = "oddsfeed_task_restarts_total";
+pub const TASK_UP: &str = "oddsfeed_task_up";
 
 /// Bucket bounds for every `_seconds` histogram: sub-millisecond through seconds.
 pub const SECONDS_BUCKETS: &[f64] = &[
@@ -108,14 +111,7 @@ pub fn register_publisher_metrics() {
     for kind in ["database", "redis", "conflict"] {
         metrics::counter!(ERRORS, "kind" => kind).increment(0);
     }
-    for reason in [
-        "missing_price",
-        "price_out_of_range",
-        "zero_price_sum",
-        "too_few_outcomes",
-        "bad_volume",
-        "bad_liquidity",
-    ] {
+    for reason in crate::odds::Unusable::LABELS {
         metrics::counter!(EVENT_SUSPENSIONS, "reason" => reason).increment(0);
     }
     for kind in ["odds", "heartbeat"] {
@@ -124,7 +120,7 @@ pub fn register_publisher_metrics() {
     for change in ["acquired", "lost"] {
         metrics::counter!(LEADER_CHANGES, "change" => change).increment(0);
     }
-    for reason in ["sync", "conflict"] {
+    for reason in ["sync", "conflict", "behind"] {
         metrics::counter!(STATE_RELOADS, "reason" => reason).increment(0);
     }
     for name in [
@@ -278,6 +274,21 @@ fn describe() {
         DEPENDENCY_UP,
         Unit::Count,
         "1 when the dependency (postgres, redis) answered its last check."
+    );
+    describe_counter!(
+        SOURCE_VALUE_PROBLEMS,
+        Unit::Count,
+        "Problems in the active-events rows, counted once per event when they appear, by column and problem (out_of_range, truncated, null, or the suspension reason)."
+    );
+    describe_counter!(
+        TASK_RESTARTS,
+        Unit::Count,
+        "Long-running tasks restarted by the supervisor after a panic or an unexpected exit, by task."
+    );
+    describe_gauge!(
+        TASK_UP,
+        Unit::Count,
+        "1 while the supervised task runs, 0 while it waits to be restarted, by task."
     );
     describe_gauge!(
         BUILD_INFO,

@@ -329,11 +329,12 @@ async fn bad_input_gets_errors_and_the_connection_stays_usable() {
             "unknown_room",
         ),
         (
-            json!({"type": "subscribe", "room": "sport:curling"}).to_string(),
+            // Rooms that may fill later are fine; malformed odds room names are not rooms.
+            json!({"type": "subscribe", "room": "sport:Curling"}).to_string(),
             "unknown_room",
         ),
         (
-            json!({"type": "subscribe", "room": "event:no-such-event"}).to_string(),
+            json!({"type": "subscribe", "room": "event:"}).to_string(),
             "unknown_room",
         ),
         (

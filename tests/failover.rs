@@ -295,7 +295,9 @@ async fn an_operator_query_with_wrong_columns_is_reported_not_fatal() {
     let server = Server::start(&["publisher"], &env).await;
     let err = last_error(&server, "a column error").await;
     assert!(
-        err.contains("event_id") && err.contains("sql/README.md"),
+        err.contains("missing column(s) title, sport,")
+            && err.contains("pending_volume")
+            && err.contains("sql/README.md"),
         "{err}"
     );
 

@@ -6,7 +6,7 @@ export interface Outcome {
   odds: number | null;
 }
 
-/** An EVENT as the server publishes it (CONTRACT §4). */
+/** An EVENT as the server publishes it (docs/PROTOCOL.md). */
 export interface OddsEvent {
   id: string;
   version: number;

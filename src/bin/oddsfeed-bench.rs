@@ -160,7 +160,14 @@ async fn tick(
             let delta = book.diff(&views);
             let t2 = Instant::now();
             let Some(delta) = delta else { continue };
-            match bus.publish(&book, &delta, 0).await? {
+            let outgoing = oddsfeed::bus::Outgoing::Odds {
+                delta: &delta,
+                tick_at: 0,
+            };
+            match bus
+                .publish(&book, outgoing, &oddsfeed::bus::Expect::Book, &[])
+                .await?
+            {
                 PublishOutcome::Published { bytes: b, .. } => bytes.push(b),
                 PublishOutcome::Conflict { found } => anyhow::bail!("unexpected conflict {found:?}"),
             }

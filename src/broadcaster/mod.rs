@@ -1,15 +1,17 @@
-//! The broadcast server: Redis → rooms → WebSocket sessions (CONTRACT §6).
+//! The broadcast server: Redis → rooms → WebSocket sessions (docs/PROTOCOL.md).
 //!
 //! - [`relay`]: subscribes to the odds and bridged channels, keeps the hub's book in step,
 //!   heals gaps from the Redis state keys, detects a silent publisher.
 //! - [`rooms`]: the hub: book, rooms, seqs, replay buffers, fan-out of shared frames.
 //! - [`session`]: one socket: read loop with limits, write loop with pings and close codes.
 //! - [`protocol`]: client and server messages.
+//! - [`room_name`]: odds room names parsed into a type (`sport:all`, `sport:<key>`, `event:<id>`).
 //! - [`auth`]: HS256 JWT verification.
 
 pub mod auth;
 pub mod protocol;
 pub mod relay;
+pub mod room_name;
 pub mod rooms;
 pub mod session;
 

@@ -1,4 +1,4 @@
-//! The WebSocket protocol of CONTRACT §6: client messages (parsed, validated) and server
+//! The WebSocket protocol of docs/PROTOCOL.md: client messages (parsed, validated) and server
 //! messages (serialised). Pure: no I/O.
 
 use serde::Serialize;
@@ -33,7 +33,7 @@ pub enum RequestKind {
     },
 }
 
-/// Error codes of CONTRACT §6.
+/// Error codes of docs/PROTOCOL.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -137,10 +137,13 @@ pub fn parse_request(text: &str) -> Result<Request, Rejection> {
     Ok(Request { id, kind })
 }
 
+/// Longest room name: `event:` and the longest event id the publisher sends.
+pub const MAX_ROOM_BYTES: usize = "event:".len() + super::room_name::MAX_EVENT_ID_BYTES;
+
 fn room_field(object: &serde_json::Map<String, Value>) -> Result<String, String> {
     match object.get("room").and_then(Value::as_str) {
-        Some(room) if !room.is_empty() && room.len() <= 128 => Ok(room.to_string()),
-        Some(_) => Err("\"room\" must be 1 to 128 characters".into()),
+        Some(room) if !room.is_empty() && room.len() <= MAX_ROOM_BYTES => Ok(room.to_string()),
+        Some(_) => Err(format!("\"room\" must be 1 to {MAX_ROOM_BYTES} bytes")),
         None => Err("\"room\" must be a string".into()),
     }
 }

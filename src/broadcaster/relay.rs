@@ -20,13 +20,14 @@ use crate::bus::{StateKeys, load_state, now_ms};
 use crate::odds::ChannelMessage;
 use crate::telemetry as m;
 
-/// Everything the relay needs.
+/// Everything the relay needs. Cloned for each start by the supervisor.
+#[derive(Clone)]
 pub struct Relay {
     pub hub: Hub,
     pub redis_url: String,
     /// The odds channel (`sports-odds`).
     pub channel: String,
-    /// Channels whose JSON messages are forwarded to rooms (CONTRACT §6).
+    /// Channels whose JSON messages are forwarded to rooms (docs/PROTOCOL.md).
     pub bridged: Vec<String>,
     /// The publisher's heartbeat interval; 3 of them without a message means stale.
     pub heartbeat: Duration,

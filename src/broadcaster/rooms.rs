@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol::{ErrorCode, Rejection, ServerMessage};
+use super::room_name::OddsRoom;
 use crate::bus::StoredState;
 use crate::odds::{Book, Delta, Event, OddsMessage, net_removals};
 use crate::telemetry as m;
@@ -54,16 +55,12 @@ impl RoomKind {
         }
     }
 
-    /// The kind of odds room a name denotes, if it is one.
-    pub fn of_odds_room(room: &str) -> Option<RoomKind> {
-        if room == "sport:all" {
-            Some(RoomKind::All)
-        } else if room.starts_with("sport:") {
-            Some(RoomKind::Sport)
-        } else if room.starts_with("event:") {
-            Some(RoomKind::Event)
-        } else {
-            None
+    /// The kind of an odds room.
+    pub fn of(room: &OddsRoom) -> RoomKind {
+        match room {
+            OddsRoom::All => RoomKind::All,
+            OddsRoom::Sport(_) => RoomKind::Sport,
+            OddsRoom::Event(_) => RoomKind::Event,
         }
     }
 }
@@ -141,6 +138,8 @@ struct Buffered {
 #[derive(Debug)]
 struct Room {
     kind: RoomKind,
+    /// The odds room this is, parsed once (`None` for bridged and private rooms).
+    odds: Option<OddsRoom>,
     /// Odds rooms: seq of the last message (the sport's seq, the global seq, or the event's
     /// version).
     seq: u64,
@@ -153,9 +152,10 @@ struct Room {
 }
 
 impl Room {
-    fn new(kind: RoomKind) -> Self {
+    fn new(kind: RoomKind, odds: Option<OddsRoom>) -> Self {
         Self {
             kind,
+            odds,
             seq: 0,
             members: HashMap::new(),
             replay: VecDeque::new(),
@@ -220,82 +220,57 @@ impl Inner {
         self.book.as_ref().map_or("", Book::epoch)
     }
 
-    /// The current seq of an odds room, computed from the book.
-    fn odds_room_seq(&self, room: &str) -> u64 {
+    /// The current seq of an odds room, computed from the book (0 before anything was
+    /// published there).
+    fn odds_room_seq(&self, room: &OddsRoom) -> u64 {
         let Some(book) = &self.book else { return 0 };
-        match RoomKind::of_odds_room(room) {
-            Some(RoomKind::All) => book.seq(),
-            Some(RoomKind::Sport) => book
-                .sport_seqs()
-                .get(&room["sport:".len()..])
-                .copied()
-                .unwrap_or(0),
-            Some(RoomKind::Event) => book.get(&room["event:".len()..]).map_or(0, |e| e.version),
-            _ => 0,
+        match room {
+            OddsRoom::All => book.seq(),
+            OddsRoom::Sport(key) => book.sport_seqs().get(key).copied().unwrap_or(0),
+            OddsRoom::Event(id) => book.event_seq(id),
         }
     }
 
-    /// Whether an odds room names something that exists.
-    fn odds_room_exists(&self, room: &str) -> bool {
-        match RoomKind::of_odds_room(room) {
-            Some(RoomKind::All) => true,
-            Some(RoomKind::Sport) => {
-                let key = &room["sport:".len()..];
-                // Every sport that ever had an event has a seq (kept in the meta hash).
-                self.book
-                    .as_ref()
-                    .is_some_and(|b| b.sport_seqs().contains_key(key))
-            }
-            Some(RoomKind::Event) => self
-                .book
-                .as_ref()
-                .is_some_and(|b| b.get(&room["event:".len()..]).is_some()),
-            _ => false,
-        }
-    }
-
-    fn snapshot_frame(&mut self, room: &str) -> Outbound {
+    fn snapshot_frame(&mut self, room: &OddsRoom, name: &str) -> Outbound {
         let seq = self.odds_room_seq(room);
-        let epoch = self.epoch().to_string();
+        let kind = RoomKind::of(room);
         if let Some(Room {
             snapshot: Some((cached_seq, text)),
             ..
-        }) = self.rooms.get(room)
+        }) = self.rooms.get(name)
             && *cached_seq == seq
         {
             return Outbound {
                 text: text.clone(),
                 published_at: None,
-                kind: RoomKind::of_odds_room(room).unwrap_or(RoomKind::All),
+                kind,
             };
         }
-        let mut events: Vec<&Event> = match (&self.book, RoomKind::of_odds_room(room)) {
-            (Some(book), Some(RoomKind::All)) => book.events().collect(),
-            (Some(book), Some(RoomKind::Sport)) => {
-                let key = &room["sport:".len()..];
-                book.events().filter(|e| e.view.sport == key).collect()
+        let epoch = self.epoch().to_string();
+        let mut events: Vec<&Event> = match (&self.book, room) {
+            (Some(book), OddsRoom::All) => book.events().collect(),
+            (Some(book), OddsRoom::Sport(key)) => {
+                book.events().filter(|e| e.view.sport == *key).collect()
             }
-            (Some(book), Some(RoomKind::Event)) => {
-                book.get(&room["event:".len()..]).into_iter().collect()
-            }
-            _ => Vec::new(),
+            (Some(book), OddsRoom::Event(id)) => book.get(id).into_iter().collect(),
+            (None, _) => Vec::new(),
         };
         events.sort_by(publishing_order);
         let text: Utf8Bytes = ServerMessage::Snapshot {
-            room,
+            room: name,
             epoch: &epoch,
             seq,
             events,
         }
         .to_json()
         .into();
-        if let Some(r) = self.rooms.get_mut(room) {
+        if let Some(r) = self.rooms.get_mut(name) {
             r.snapshot = Some((seq, text.clone()));
         }
         Outbound {
             text,
             published_at: None,
-            kind: RoomKind::of_odds_room(room).unwrap_or(RoomKind::All),
+            kind,
         }
     }
 
@@ -410,16 +385,21 @@ impl Hub {
     /// Joins a room. For an odds room the reply is followed, in order, by a snapshot, or by
     /// the missed messages when `resume` names a seq still in the replay buffer, or by nothing
     /// when the client is already up to date. Access rules are the caller's.
+    ///
+    /// `odds` is the parsed odds room `room` names (`None` for bridged and private rooms). An
+    /// odds room need not have anything in it yet: its snapshot is then empty (seq 0 before
+    /// anything was published there) and its events arrive as they are published.
     pub fn subscribe(
         &self,
         session: &SessionHandle,
         room: &str,
+        odds: Option<&OddsRoom>,
         resume: Option<(String, u64)>,
         id: Option<&Value>,
         max_rooms: usize,
     ) -> Result<(), Rejection> {
         let mut inner = self.lock();
-        let kind = RoomKind::of_odds_room(room);
+        let kind = odds.map(RoomKind::of);
         let already = inner
             .sessions
             .get(&session.id)
@@ -436,23 +416,16 @@ impl Hub {
                 id.cloned(),
             ));
         }
-        if kind.is_some() && !inner.odds_room_exists(room) {
-            return Err(Rejection::new(
-                ErrorCode::UnknownRoom,
-                format!("no such room: {room}"),
-                id.cloned(),
-            ));
-        }
         session.send(Outbound::reply(
             ServerMessage::Subscribed { room, id }.to_json(),
         ));
-        if let Some(kind) = kind {
-            let seq = inner.odds_room_seq(room);
+        if let Some(odds) = odds {
+            let seq = inner.odds_room_seq(odds);
             let epoch = inner.epoch().to_string();
             let room_entry = inner
                 .rooms
                 .entry(room.to_string())
-                .or_insert_with(|| Room::new(kind));
+                .or_insert_with(|| Room::new(RoomKind::of(odds), Some(odds.clone())));
             if room_entry.seq == 0 {
                 room_entry.seq = seq;
             }
@@ -486,7 +459,7 @@ impl Hub {
                     if resume.is_some() {
                         counter!(m::WS_RESUMES, "result" => "snapshot").increment(1);
                     }
-                    let frame = inner.snapshot_frame(room);
+                    let frame = inner.snapshot_frame(odds, room);
                     session.send(frame);
                 }
             }
@@ -504,7 +477,7 @@ impl Hub {
         inner
             .rooms
             .entry(room.to_string())
-            .or_insert_with(|| Room::new(room_kind))
+            .or_insert_with(|| Room::new(room_kind, odds.cloned()))
             .members
             .insert(session.id, session.clone());
         inner
@@ -545,14 +518,13 @@ impl Hub {
         let old_epoch = inner.epoch().to_string();
         inner.book = Some(state.into_book());
         let new_epoch = inner.epoch().to_string();
-        let names: Vec<String> = inner
+        let names: Vec<(String, OddsRoom)> = inner
             .rooms
             .iter()
-            .filter(|(_, r)| r.kind != RoomKind::Bridged)
-            .map(|(n, _)| n.clone())
+            .filter_map(|(n, r)| Some((n.clone(), r.odds.clone()?)))
             .collect();
-        for name in names {
-            let seq = inner.odds_room_seq(&name);
+        for (name, odds) in names {
+            let seq = inner.odds_room_seq(&odds);
             let (unchanged, has_members) = match inner.rooms.get(&name) {
                 Some(r) => (
                     old_epoch == new_epoch && r.seq == seq,
@@ -570,7 +542,7 @@ impl Hub {
                 r.seq = seq;
             }
             if has_members {
-                let frame = inner.snapshot_frame(&name);
+                let frame = inner.snapshot_frame(&odds, &name);
                 inner.deliver(&name, frame, None, &self.limits);
             }
         }
@@ -624,8 +596,9 @@ impl Hub {
         // sport:all: every change; an event that moved sport is only upserted.
         let all_upserts: Vec<&Event> = msg.sports.values().flat_map(|b| &b.upserts).collect();
         let all_removals = net_removals(&msg.sports);
-        let mut frames: Vec<(String, Outbound, u64)> = Vec::new();
+        let mut frames: Vec<(OddsRoom, String, Outbound, u64)> = Vec::new();
         frames.push((
+            OddsRoom::All,
             "sport:all".into(),
             frame(
                 "sport:all",
@@ -637,26 +610,40 @@ impl Hub {
             msg.seq,
         ));
         for (sport, block) in &msg.sports {
-            let room = format!("sport:{sport}");
+            // The publisher never uses the reserved key; a foreign writer's block for it must
+            // not be mixed into the global room.
+            let Some(odds) = OddsRoom::for_sport(sport) else {
+                counter!(m::RELAY_DROPPED, "reason" => "reserved_sport_key").increment(1);
+                continue;
+            };
+            let room = odds.name();
             let upserts = block.upserts.iter().collect();
             let removals = block.removals.iter().map(String::as_str).collect();
             let f = frame(&room, block.seq, upserts, removals, RoomKind::Sport);
-            frames.push((room, f, block.seq));
+            frames.push((odds, room, f, block.seq));
         }
         // event:<id> rooms exist only while someone is in them.
         for event in msg.sports.values().flat_map(|b| &b.upserts) {
-            let room = format!("event:{}", event.id);
+            let odds = OddsRoom::Event(event.id.clone());
+            let room = odds.name();
             if inner.rooms.contains_key(&room) {
                 let f = frame(&room, event.version, vec![event], vec![], RoomKind::Event);
-                frames.push((room, f, event.version));
+                frames.push((odds, room, f, event.version));
             }
         }
         for id in &all_removals {
-            let room = format!("event:{id}");
+            let odds = OddsRoom::Event((*id).to_string());
+            let room = odds.name();
             if let Some(r) = inner.rooms.get(&room) {
-                let seq = r.seq + 1;
+                // The publisher numbers the removal; a message without the number (an older
+                // publisher) is counted on from the room.
+                let seq = msg
+                    .sports
+                    .values()
+                    .find_map(|b| b.removal_versions.get(*id).copied())
+                    .unwrap_or(r.seq + 1);
                 let f = frame(&room, seq, vec![], vec![id], RoomKind::Event);
-                frames.push((room, f, seq));
+                frames.push((odds, room, f, seq));
             }
         }
 
@@ -666,12 +653,12 @@ impl Hub {
                 sports: msg.sports,
             });
         }
-        for (room, f, seq) in frames {
+        for (odds, room, f, seq) in frames {
             let kind = f.kind;
             inner
                 .rooms
                 .entry(room.clone())
-                .or_insert_with(|| Room::new(kind));
+                .or_insert_with(|| Room::new(kind, Some(odds)));
             inner.deliver(&room, f, Some(seq), &self.limits);
         }
         Applied::Yes
@@ -736,14 +723,29 @@ impl Hub {
 }
 
 fn leave(inner: &mut Inner, room: &str, id: ClientId) {
-    let remove = match inner.rooms.get_mut(room) {
+    let known_sport = |key: &str| {
+        inner
+            .book
+            .as_ref()
+            .is_some_and(|b| b.sport_seqs().contains_key(key))
+    };
+    let remove = match inner.rooms.get(room) {
         Some(r) => {
-            r.members.remove(&id);
-            // Sport rooms stay (their replay buffer serves resumes); others go when empty.
-            r.members.is_empty() && matches!(r.kind, RoomKind::Event | RoomKind::Bridged)
+            // Rooms of real sports stay (their replay buffer serves resumes); every other room
+            // goes when its last member leaves, so rooms clients name cost nothing once empty.
+            r.members.len() == 1
+                && r.members.contains_key(&id)
+                && match &r.odds {
+                    Some(OddsRoom::All) => false,
+                    Some(OddsRoom::Sport(key)) => !known_sport(key),
+                    _ => true,
+                }
         }
         None => false,
     };
+    if let Some(r) = inner.rooms.get_mut(room) {
+        r.members.remove(&id);
+    }
     if remove {
         inner.rooms.remove(room);
     }

@@ -3,7 +3,7 @@
 //! client message; the write loop sends queued frames, pings, and the close frame.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Identity, Verifier};
 use super::protocol::{ErrorCode, Rejection, Request, RequestKind, ServerMessage, parse_request};
-use super::rooms::{ClientId, Hub, Outbound, RoomKind, SessionHandle};
+use super::room_name::OddsRoom;
+use super::rooms::{ClientId, Hub, Outbound, SessionHandle};
 use crate::bus::now_ms;
 use crate::telemetry as m;
 
@@ -29,7 +30,7 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// How long the close frame (and, on shutdown, the queued frames) may take to go out.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Per-connection limits (CONTRACT §6 defaults, configurable).
+/// Per-connection limits (docs/PROTOCOL.md defaults, configurable).
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     pub max_rooms: usize,
@@ -57,13 +58,14 @@ pub struct SessionContext {
 }
 
 impl SessionContext {
-    /// Access rules of CONTRACT §6. Odds rooms are checked by the hub (they must exist).
+    /// Access rules of docs/PROTOCOL.md. Returns the parsed odds room when `room` is one: any
+    /// well-formed odds room may be joined, whether or not it has anything in it yet.
     fn check_room(
         &self,
         room: &str,
         identity: Option<&Identity>,
         id: Option<&Value>,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Option<OddsRoom>, Rejection> {
         let deny = |needs: &str| {
             let (code, message) = match identity {
                 None => (
@@ -74,18 +76,26 @@ impl SessionContext {
             };
             Err(Rejection::new(code, message, id.cloned()))
         };
-        if RoomKind::of_odds_room(room).is_some() {
-            return Ok(());
+        match OddsRoom::parse(room) {
+            Ok(Some(odds)) => return Ok(Some(odds)),
+            Ok(None) => {}
+            Err(rule) => {
+                return Err(Rejection::new(
+                    ErrorCode::UnknownRoom,
+                    format!("no such room: {room} ({rule})"),
+                    id.cloned(),
+                ));
+            }
         }
         if let Some(user) = room.strip_prefix("user:") {
             return match identity {
-                Some(who) if who.sub == user && !user.is_empty() => Ok(()),
+                Some(who) if who.sub == user && !user.is_empty() => Ok(None),
                 _ => deny("that user"),
             };
         }
         if room == "admin" || room == "admin-events" {
             return match identity {
-                Some(who) if who.is_admin() => Ok(()),
+                Some(who) if who.is_admin() => Ok(None),
                 _ => deny("role admin"),
             };
         }
@@ -94,7 +104,7 @@ impl SessionContext {
                 !rest.is_empty() && self.bridged_prefixes.iter().any(|p| p == prefix)
             });
         if public {
-            Ok(())
+            Ok(None)
         } else {
             Err(Rejection::new(
                 ErrorCode::UnknownRoom,
@@ -166,7 +176,7 @@ pub async fn run(
         close: CancellationToken::new(),
         close_code: Arc::new(AtomicU16::new(0)),
     };
-    let last_pong = Arc::new(AtomicI64::new(now_ms()));
+    let last_pong = Arc::new(PongClock::new());
     ctx.hub.connect(id);
     counter!(m::WS_CONNECTIONS_TOTAL).increment(1);
 
@@ -212,15 +222,16 @@ impl Session {
     async fn read_loop(
         &mut self,
         mut stream: futures_util::stream::SplitStream<WebSocket>,
-        last_pong: &AtomicI64,
+        last_pong: &PongClock,
     ) {
         loop {
             // An identity lasts as long as its token: at `exp` its rooms are left.
-            let expiry = self.identity.as_ref().map(|i| {
+            // Saturating: a token that expires in the far future has no deadline at all.
+            let expiry = self.identity.as_ref().and_then(|i| {
                 let left = i
                     .expires_at
                     .saturating_sub(u64::try_from(now_ms() / 1000).unwrap_or(0));
-                Instant::now() + Duration::from_secs(left)
+                Instant::now().checked_add(Duration::from_secs(left))
             });
             let message = tokio::select! {
                 _ = self.handle.close.cancelled() => return,
@@ -255,7 +266,7 @@ impl Session {
                     "binary frames are not supported; send JSON text",
                     None,
                 )),
-                Message::Pong(_) => last_pong.store(now_ms(), Ordering::Relaxed),
+                Message::Pong(_) => last_pong.record(),
                 // Pings are answered by the WebSocket layer itself.
                 Message::Ping(_) => {}
                 Message::Close(_) => return,
@@ -319,10 +330,11 @@ impl Session {
                 let result = self
                     .ctx
                     .check_room(&room, self.identity.as_ref(), id)
-                    .and_then(|()| {
+                    .and_then(|odds| {
                         self.ctx.hub.subscribe(
                             &self.handle,
                             &room,
+                            odds.as_ref(),
                             resume,
                             id,
                             self.ctx.limits.max_rooms,
@@ -418,7 +430,7 @@ impl Session {
                 if let Err(rejection) =
                     self.ctx
                         .hub
-                        .subscribe(&self.handle, &room, None, None, max_rooms)
+                        .subscribe(&self.handle, &room, None, None, None, max_rooms)
                 {
                     self.reject(rejection);
                 }
@@ -428,6 +440,40 @@ impl Session {
                 self.reject(Rejection::new(ErrorCode::Unauthorized, reason, id.cloned()))
             }
         }
+    }
+}
+
+/// When the client last answered a ping, on the monotonic clock: a wall-clock step must
+/// neither close every connection at once nor disable the timeout.
+struct PongClock {
+    /// The session's start; `last` counts from here.
+    origin: Instant,
+    /// Milliseconds from `origin` to the last pong (or to the start).
+    last: AtomicU64,
+}
+
+impl PongClock {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn record(&self) {
+        self.last.store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the last pong.
+    fn silence(&self) -> Duration {
+        Duration::from_millis(
+            self.elapsed_ms()
+                .saturating_sub(self.last.load(Ordering::Relaxed)),
+        )
     }
 }
 
@@ -445,7 +491,7 @@ async fn write_loop(
     handle: SessionHandle,
     shutdown: CancellationToken,
     limits: SessionLimits,
-    last_pong: Arc<AtomicI64>,
+    last_pong: Arc<PongClock>,
 ) {
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
@@ -470,8 +516,7 @@ async fn write_loop(
                 break (if code == 0 { CLOSE_NORMAL } else { code }, reason);
             }
             _ = ping.tick() => {
-                let silent_ms = now_ms() - last_pong.load(Ordering::Relaxed);
-                if silent_ms > limits.pong_timeout.as_millis() as i64 {
+                if last_pong.silence() > limits.pong_timeout {
                     counter!(m::WS_PONG_TIMEOUTS).increment(1);
                     break (CLOSE_NORMAL, "no pong");
                 }
@@ -548,7 +593,7 @@ mod tests {
     #[test]
     fn room_access_rules() {
         let c = ctx();
-        let code = |r: Result<(), Rejection>| r.err().map(|e| e.code);
+        let code = |r: Result<Option<OddsRoom>, Rejection>| r.err().map(|e| e.code);
         assert_eq!(code(c.check_room("sport:all", None, None)), None);
         assert_eq!(code(c.check_room("chat-messages", None, None)), None);
         assert_eq!(code(c.check_room("chat:evt-1", None, None)), None);
@@ -588,6 +633,26 @@ mod tests {
             code(c.check_room("foo:bar", None, None)),
             Some(ErrorCode::UnknownRoom)
         );
+        // Odds rooms need not exist yet, but must be well formed.
+        assert_eq!(
+            c.check_room("sport:curling", None, None),
+            Ok(Some(OddsRoom::Sport("curling".into())))
+        );
+        assert_eq!(
+            code(c.check_room("sport:Curling", None, None)),
+            Some(ErrorCode::UnknownRoom)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pong_silence_follows_the_monotonic_clock() {
+        let clock = PongClock::new();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(clock.silence(), Duration::from_secs(30));
+        clock.record();
+        assert_eq!(clock.silence(), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(clock.silence(), Duration::from_secs(61));
     }
 
     #[tokio::test(start_paused = true)]

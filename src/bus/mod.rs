@@ -4,5 +4,6 @@
 pub mod redis;
 
 pub use self::redis::{
-    OddsBus, PublishOutcome, StateKeys, StoredState, connection, load_state, now_ms,
+    Expect, OddsBus, Outgoing, PublishOutcome, StateKeys, StoredState, connection, load_state,
+    now_ms,
 };

@@ -7,12 +7,15 @@
 //! |---|---|---|
 //! | `C:state:events` | hash | event id → EVENT JSON as last published (with its `version`) |
 //! | `C:state:meta` | hash | `epoch`, `seq`, `publishedAt`, and `sport:<key>` → that sport's seq |
+//! | `C:state:removed` | hash | id of an event that left the active set → `<version>:<seq>`, the version its removal carried and the global seq of that message (the most recent 100,000) |
 //!
 //! Every `odds` message is written as `WATCH meta; HMGET meta epoch seq` then
 //! `MULTI; HSET/HDEL events; HSET meta; PUBLISH C; EXEC`. The check between the two makes the
 //! write conditional on the state being exactly the one this publisher last wrote, so a second
 //! publisher that wrongly believes it leads, or a reply lost after a successful EXEC, can never
-//! produce a duplicated or skipped seq: the publisher reloads instead.
+//! produce a duplicated or skipped seq: the publisher reloads instead. Heartbeats go through the
+//! same fence, so state keys that vanished (Redis restarted empty) are rewritten at the next
+//! heartbeat even when nothing changes, and a state that went backwards is noticed.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::odds::book::Removed;
 use crate::odds::{Book, ChannelMessage, Delta, Event, Heartbeat, OddsMessageRef, net_removals};
 
 /// Names of the state keys of one channel.
@@ -29,6 +33,8 @@ pub struct StateKeys {
     pub events: String,
     /// Hash of epoch, seq, publishedAt and per-sport seqs.
     pub meta: String,
+    /// Hash of removed event id → `<version>:<seq>`.
+    pub removed: String,
 }
 
 impl StateKeys {
@@ -36,6 +42,7 @@ impl StateKeys {
         Self {
             events: format!("{channel}:state:events"),
             meta: format!("{channel}:state:meta"),
+            removed: format!("{channel}:state:removed"),
         }
     }
 }
@@ -50,19 +57,63 @@ pub struct StoredState {
     pub seq: u64,
     pub sport_seqs: BTreeMap<String, u64>,
     pub events: Vec<Event>,
+    /// Removed events: their removal's version and seq.
+    pub removed: Vec<(String, Removed)>,
 }
 
 impl StoredState {
     pub fn into_book(self) -> Book {
-        Book::restore(self.epoch, self.seq, self.sport_seqs, self.events)
+        Book::restore(
+            self.epoch,
+            self.seq,
+            self.sport_seqs,
+            self.events,
+            self.removed,
+        )
     }
+}
+
+/// What goes on the channel with a fenced write.
+#[derive(Debug, Clone, Copy)]
+pub enum Outgoing<'a> {
+    /// An `odds` message for this delta; the state keys are updated with it.
+    Odds { delta: &'a Delta, tick_at: i64 },
+    /// A heartbeat: the state keys are only checked (and rewritten when they are gone).
+    Heartbeat,
+}
+
+/// The state the fenced write expects to find in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Exactly the book's epoch and seq (the normal case).
+    Book,
+    /// This older state, which the book replaces under a new epoch (the stored state fell
+    /// behind what was published: see `Scheduler`). The whole state is rewritten.
+    Replace(Option<(String, u64)>),
+}
+
+fn removed_value(r: Removed) -> String {
+    format!("{}:{}", r.version, r.seq)
+}
+
+fn parse_removed(value: &str) -> Option<Removed> {
+    let (version, seq) = value.split_once(':')?;
+    Some(Removed {
+        version: version.parse().ok()?,
+        seq: seq.parse().ok()?,
+    })
 }
 
 /// What a fenced publish found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishOutcome {
-    /// Written and published: the message's size, and how many subscribers received it.
-    Published { bytes: usize, receivers: i64 },
+    /// Written and published: the message's size, how many subscribers received it, and
+    /// whether the whole state had to be written again.
+    Published {
+        bytes: usize,
+        receivers: i64,
+        rewrote_state: bool,
+    },
     /// The state in Redis is not the one the book continues from (another writer, or a write
     /// whose reply was lost). Nothing was written; reload the state.
     Conflict { found: Option<(String, u64)> },
@@ -110,17 +161,19 @@ impl OddsBus {
         load_state(&mut self.conn, &self.keys).await
     }
 
-    /// Writes one delta with the state keys and publishes it, in one MULTI/EXEC, provided the
-    /// stored state is the book's (see the module docs).
+    /// Publishes `outgoing` (writing a delta to the state keys in the same MULTI/EXEC),
+    /// provided the stored state is the one `expect` names (see the module docs). `forgotten`
+    /// are removals the book no longer remembers; their entries are dropped from the state.
     ///
-    /// When Redis has no state at all (it restarted empty) the whole book is written again
-    /// with the delta, under the same epoch and seq, so late joiners still find a state that
-    /// matches the last seq.
+    /// When Redis has no state at all (it restarted empty), or `expect` says the book replaces
+    /// what is there, the whole book is written again with the message, so late joiners find a
+    /// state that matches the last seq.
     pub async fn publish(
         &mut self,
         book: &Book,
-        delta: &Delta,
-        tick_at: i64,
+        outgoing: Outgoing<'_>,
+        expect: &Expect,
+        forgotten: &[String],
     ) -> anyhow::Result<PublishOutcome> {
         let ((epoch, seq),): ((Option<String>, Option<u64>),) = redis::pipe()
             .cmd("WATCH")
@@ -135,77 +188,65 @@ impl OddsBus {
             .context("Failed to read the stream meta from Redis")?;
 
         let found = epoch.zip(seq);
-        let rewrite_all = match &found {
-            None => true,
-            Some((e, s)) if e == book.epoch() && *s == book.seq() => false,
-            Some(_) => {
+        let rewrite_all = match (&found, expect) {
+            (None, _) => true,
+            (found, Expect::Replace(old)) if found == old => true,
+            (Some((e, s)), Expect::Book) if e == book.epoch() && *s == book.seq() => false,
+            _ => {
                 redis::cmd("UNWATCH").exec_async(&mut self.conn).await.ok();
                 return Ok(PublishOutcome::Conflict { found });
             }
         };
 
         let published_at = now_ms();
-        let message = OddsMessageRef::new(
-            book.epoch(),
-            delta.seq,
-            tick_at,
-            published_at,
-            &delta.sports,
-        );
-        let payload =
-            serde_json::to_string(&message).context("Failed to serialise the odds message")?;
+        let (payload, seq) = match outgoing {
+            Outgoing::Odds { delta, tick_at } => (
+                serde_json::to_string(&OddsMessageRef::new(
+                    book.epoch(),
+                    delta.seq,
+                    tick_at,
+                    published_at,
+                    &delta.sports,
+                ))
+                .context("Failed to serialise the odds message")?,
+                delta.seq,
+            ),
+            Outgoing::Heartbeat => (
+                serde_json::to_string(&ChannelMessage::Heartbeat(Heartbeat {
+                    epoch: book.epoch().to_string(),
+                    seq: book.seq(),
+                    published_at,
+                }))?,
+                book.seq(),
+            ),
+        };
 
         let mut pipe = redis::pipe();
         pipe.atomic();
         if rewrite_all {
-            // Lost or never-written state: replace it by the book plus this delta.
-            let mut next = book.clone();
-            next.apply(delta.clone());
-            pipe.del(&self.keys.events).ignore();
-            pipe.del(&self.keys.meta).ignore();
-            let all = next
-                .events()
-                .map(|e| Ok((e.id.clone(), serde_json::to_string(e)?)))
-                .collect::<Result<Vec<_>, serde_json::Error>>()?;
-            for chunk in all.chunks(500) {
-                pipe.hset_multiple(&self.keys.events, chunk).ignore();
-            }
-            let sports: Vec<(String, String)> = next
-                .sport_seqs()
-                .iter()
-                .map(|(k, v)| (format!("{SPORT_FIELD_PREFIX}{k}"), v.to_string()))
-                .collect();
-            if !sports.is_empty() {
-                pipe.hset_multiple(&self.keys.meta, &sports).ignore();
-            }
-        } else {
-            let mut upserts = Vec::with_capacity(delta.upserts());
-            for event in delta.sports.values().flat_map(|b| &b.upserts) {
-                upserts.push((event.id.as_str(), serde_json::to_string(event)?));
-            }
-            let removals = net_removals(&delta.sports);
-            if !removals.is_empty() {
-                pipe.hdel(&self.keys.events, &removals).ignore();
-            }
-            if !upserts.is_empty() {
-                pipe.hset_multiple(&self.keys.events, &upserts).ignore();
-            }
-            let sports: Vec<(String, String)> = delta
-                .sports
-                .iter()
-                .map(|(k, b)| (format!("{SPORT_FIELD_PREFIX}{k}"), b.seq.to_string()))
-                .collect();
-            pipe.hset_multiple(&self.keys.meta, &sports).ignore();
+            // Lost, never-written or replaced state: write the book plus this message.
+            let next = match outgoing {
+                Outgoing::Odds { delta, .. } => {
+                    let mut next = book.clone();
+                    next.apply(delta.clone());
+                    std::borrow::Cow::Owned(next)
+                }
+                Outgoing::Heartbeat => std::borrow::Cow::Borrowed(book),
+            };
+            self.write_whole(&mut pipe, &next)?;
+        } else if let Outgoing::Odds { delta, .. } = outgoing {
+            self.write_delta(&mut pipe, book, delta, forgotten)?;
         }
-        pipe.hset_multiple(
-            &self.keys.meta,
-            &[
+        if rewrite_all || matches!(outgoing, Outgoing::Odds { .. }) {
+            let mut meta = vec![
                 ("epoch", book.epoch().to_string()),
-                ("seq", delta.seq.to_string()),
-                ("publishedAt", published_at.to_string()),
-            ],
-        )
-        .ignore();
+                ("seq", seq.to_string()),
+            ];
+            if matches!(outgoing, Outgoing::Odds { .. }) {
+                meta.push(("publishedAt", published_at.to_string()));
+            }
+            pipe.hset_multiple(&self.keys.meta, &meta).ignore();
+        }
         pipe.publish(&self.channel, &payload);
 
         let result: Option<(i64,)> = pipe
@@ -216,26 +257,96 @@ impl OddsBus {
             Some((receivers,)) => PublishOutcome::Published {
                 bytes: payload.len(),
                 receivers,
+                rewrote_state: rewrite_all,
             },
             // EXEC returned nil: meta changed between the check and the write.
             None => PublishOutcome::Conflict { found: None },
         })
     }
 
-    /// Publishes a heartbeat (not part of the state). Returns the bytes sent.
-    pub async fn heartbeat(&mut self, epoch: &str, seq: u64) -> anyhow::Result<usize> {
-        let payload = serde_json::to_string(&ChannelMessage::Heartbeat(Heartbeat {
-            epoch: epoch.to_string(),
-            seq,
-            published_at: now_ms(),
-        }))?;
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(&self.channel)
-            .arg(&payload)
-            .query_async(&mut self.conn)
-            .await
-            .context("Failed to PUBLISH a heartbeat")?;
-        Ok(payload.len())
+    /// Replaces every state key by `book`.
+    fn write_whole(&self, pipe: &mut redis::Pipeline, book: &Book) -> anyhow::Result<()> {
+        pipe.del(&self.keys.events).ignore();
+        pipe.del(&self.keys.meta).ignore();
+        pipe.del(&self.keys.removed).ignore();
+        let all = book
+            .events()
+            .map(|e| Ok((e.id.clone(), serde_json::to_string(e)?)))
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        for chunk in all.chunks(500) {
+            pipe.hset_multiple(&self.keys.events, chunk).ignore();
+        }
+        let removed: Vec<(&str, String)> = book
+            .removals()
+            .map(|(id, r)| (id, removed_value(r)))
+            .collect();
+        for chunk in removed.chunks(500) {
+            pipe.hset_multiple(&self.keys.removed, chunk).ignore();
+        }
+        let sports: Vec<(String, String)> = book
+            .sport_seqs()
+            .iter()
+            .map(|(k, v)| (format!("{SPORT_FIELD_PREFIX}{k}"), v.to_string()))
+            .collect();
+        if !sports.is_empty() {
+            pipe.hset_multiple(&self.keys.meta, &sports).ignore();
+        }
+        Ok(())
+    }
+
+    /// Adds one delta to the state keys.
+    fn write_delta(
+        &self,
+        pipe: &mut redis::Pipeline,
+        book: &Book,
+        delta: &Delta,
+        forgotten: &[String],
+    ) -> anyhow::Result<()> {
+        let mut upserts = Vec::with_capacity(delta.upserts());
+        let mut returned = Vec::new();
+        for event in delta.sports.values().flat_map(|b| &b.upserts) {
+            upserts.push((event.id.as_str(), serde_json::to_string(event)?));
+            if book.removed(&event.id).is_some() {
+                returned.push(event.id.as_str());
+            }
+        }
+        let removals = net_removals(&delta.sports);
+        if !removals.is_empty() {
+            pipe.hdel(&self.keys.events, &removals).ignore();
+            let versions: Vec<(&str, String)> = delta
+                .sports
+                .values()
+                .flat_map(|b| &b.removal_versions)
+                .map(|(id, version)| {
+                    (
+                        id.as_str(),
+                        removed_value(Removed {
+                            version: *version,
+                            seq: delta.seq,
+                        }),
+                    )
+                })
+                .collect();
+            if !versions.is_empty() {
+                pipe.hset_multiple(&self.keys.removed, &versions).ignore();
+            }
+        }
+        if !returned.is_empty() {
+            pipe.hdel(&self.keys.removed, &returned).ignore();
+        }
+        if !forgotten.is_empty() {
+            pipe.hdel(&self.keys.removed, forgotten).ignore();
+        }
+        if !upserts.is_empty() {
+            pipe.hset_multiple(&self.keys.events, &upserts).ignore();
+        }
+        let sports: Vec<(String, String)> = delta
+            .sports
+            .iter()
+            .map(|(k, b)| (format!("{SPORT_FIELD_PREFIX}{k}"), b.seq.to_string()))
+            .collect();
+        pipe.hset_multiple(&self.keys.meta, &sports).ignore();
+        Ok(())
     }
 }
 
@@ -244,10 +355,12 @@ pub async fn load_state(
     conn: &mut ConnectionManager,
     keys: &StateKeys,
 ) -> anyhow::Result<Option<StoredState>> {
-    let (meta, events): (BTreeMap<String, String>, Vec<(String, String)>) = redis::pipe()
+    type Fields = Vec<(String, String)>;
+    let (meta, events, removed): (BTreeMap<String, String>, Fields, Fields) = redis::pipe()
         .atomic()
         .hgetall(&keys.meta)
         .hgetall(&keys.events)
+        .hgetall(&keys.removed)
         .query_async(conn)
         .await
         .context("Failed to load the odds state from Redis")?;
@@ -274,11 +387,17 @@ pub async fn load_state(
                 .with_context(|| format!("{}: event {id} is not a valid EVENT", keys.events))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // A malformed removal entry costs only that event's version history: it is skipped.
+    let removed = removed
+        .into_iter()
+        .filter_map(|(id, value)| parse_removed(&value).map(|r| (id, r)))
+        .collect();
     Ok(Some(StoredState {
         epoch,
         seq,
         sport_seqs,
         events,
+        removed,
     }))
 }
 

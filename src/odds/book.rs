@@ -1,12 +1,12 @@
 //! The current published state and the diff that turns a tick's result into a delta.
 //!
-//! The book is the single owner of sequence numbers (CONTRACT §4): the global `seq`, each
+//! The book is the single owner of sequence numbers (docs/PROTOCOL.md): the global `seq`, each
 //! sport's `seq`, and each event's `version`. [`Book::diff`] is pure: it proposes the next
 //! delta without changing anything, and [`Book::apply`] commits it once the delta is safely in
 //! Redis. A delta that failed to publish is simply never applied, so the next tick's diff
 //! carries everything that changed in the meantime.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::event::{Event, EventView, SportDelta};
 
@@ -22,6 +22,26 @@ pub struct Book {
     sport_seqs: BTreeMap<String, u64>,
     /// The events as last published, by id.
     events: HashMap<String, Event>,
+    /// Events that left the active set: the version their removal carried and the global seq
+    /// of that message. An event that comes back continues from here (docs/PROTOCOL.md: removed at
+    /// v+1, back at v+2), and an `event:<id>` room of a removed event knows its seq.
+    removed: HashMap<String, Removed>,
+    /// Removal order (global seq, id), oldest first, to forget the oldest removals beyond
+    /// [`REMOVED_KEPT`]. Entries of events that came back are skipped lazily.
+    removed_order: VecDeque<(u64, String)>,
+}
+
+/// How many removed events' versions a book remembers. An event removed longer ago than the
+/// last this-many removals starts again at version 1 when it returns.
+pub const REMOVED_KEPT: usize = 100_000;
+
+/// What the book remembers of a removed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    /// The version the removal carried.
+    pub version: u64,
+    /// The global seq of the message that removed it.
+    pub seq: u64,
 }
 
 /// One proposed `odds` message: what changed, with the sequence numbers it will carry.
@@ -70,6 +90,8 @@ impl Book {
             seq: 0,
             sport_seqs: BTreeMap::new(),
             events: HashMap::new(),
+            removed: HashMap::new(),
+            removed_order: VecDeque::new(),
         }
     }
 
@@ -79,13 +101,73 @@ impl Book {
         seq: u64,
         sport_seqs: BTreeMap<String, u64>,
         events: impl IntoIterator<Item = Event>,
+        removed: impl IntoIterator<Item = (String, Removed)>,
     ) -> Self {
-        Self {
+        let events: HashMap<String, Event> =
+            events.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let mut removed: Vec<(String, Removed)> = removed
+            .into_iter()
+            .filter(|(id, _)| !events.contains_key(id))
+            .collect();
+        removed.sort_by_key(|(id, r)| (r.seq, id.clone()));
+        let mut book = Self {
             epoch: epoch.into(),
             seq,
             sport_seqs,
-            events: events.into_iter().map(|e| (e.id.clone(), e)).collect(),
+            events,
+            removed: HashMap::with_capacity(removed.len()),
+            removed_order: VecDeque::with_capacity(removed.len()),
+        };
+        for (id, r) in removed {
+            book.remember_removal(id, r);
         }
+        book.forget_oldest_removals();
+        book
+    }
+
+    /// What the book remembers of a removed event.
+    pub fn removed(&self, id: &str) -> Option<Removed> {
+        self.removed.get(id).copied()
+    }
+
+    /// Every remembered removal, for writing the state.
+    pub fn removals(&self) -> impl Iterator<Item = (&str, Removed)> {
+        self.removed.iter().map(|(id, r)| (id.as_str(), *r))
+    }
+
+    /// The `event:<id>` room's seq: the event's version, the version of its removal, or 0.
+    pub fn event_seq(&self, id: &str) -> u64 {
+        self.events
+            .get(id)
+            .map(|e| e.version)
+            .or_else(|| self.removed.get(id).map(|r| r.version))
+            .unwrap_or(0)
+    }
+
+    fn remember_removal(&mut self, id: String, removed: Removed) {
+        self.removed_order.push_back((removed.seq, id.clone()));
+        self.removed.insert(id, removed);
+    }
+
+    /// Forgets the oldest removals beyond [`REMOVED_KEPT`]; returns the ids forgotten.
+    fn forget_oldest_removals(&mut self) -> Vec<String> {
+        let mut forgotten = Vec::new();
+        while self.removed.len() > REMOVED_KEPT {
+            let Some((seq, id)) = self.removed_order.pop_front() else {
+                break;
+            };
+            if self.removed.get(&id).is_some_and(|r| r.seq == seq) {
+                self.removed.remove(&id);
+                forgotten.push(id);
+            }
+        }
+        // Entries of events that came back are stale; keep the queue near the map's size.
+        if self.removed_order.len() > 2 * self.removed.len() + 1024 {
+            let removed = &self.removed;
+            self.removed_order
+                .retain(|(seq, id)| removed.get(id).is_some_and(|r| r.seq == *seq));
+        }
+        forgotten
     }
 
     pub fn epoch(&self) -> &str {
@@ -132,6 +214,7 @@ impl Book {
                         seq: self.sport_seqs.get(sport).copied().unwrap_or(0) + 1,
                         upserts: Vec::new(),
                         removals: Vec::new(),
+                        removal_versions: BTreeMap::new(),
                     },
                 );
             }
@@ -153,7 +236,8 @@ impl Book {
                     }
                     published.version + 1
                 }
-                None => 1,
+                // A returning event continues after its removal's version.
+                None => self.removed.get(id).map_or(1, |r| r.version + 1),
             };
             entry(&mut sports, &view.sport);
             if let Some(block) = sports.get_mut(&view.sport) {
@@ -175,6 +259,9 @@ impl Book {
             entry(&mut sports, &event.view.sport);
             if let Some(block) = sports.get_mut(&event.view.sport) {
                 block.removals.push(event.id.clone());
+                block
+                    .removal_versions
+                    .insert(event.id.clone(), event.version + 1);
             }
         }
 
@@ -187,25 +274,52 @@ impl Book {
         })
     }
 
-    /// Commits a delta produced by [`Book::diff`] on this book (its events move in).
-    pub fn apply(&mut self, delta: Delta) {
+    /// Commits a delta produced by [`Book::diff`] on this book (its events move in). Returns
+    /// the ids of removals the book forgot to stay within [`REMOVED_KEPT`].
+    pub fn apply(&mut self, delta: Delta) -> Vec<String> {
         debug_assert_eq!(delta.seq, self.seq + 1, "delta from another book state");
         self.seq = delta.seq;
+        let upserted: HashSet<&str> = delta
+            .sports
+            .values()
+            .flat_map(|b| &b.upserts)
+            .map(|e| e.id.as_str())
+            .collect();
+        let mut gone: Vec<(String, Removed)> = Vec::new();
         for (sport, block) in &delta.sports {
             self.sport_seqs.insert(sport.clone(), block.seq);
             for id in &block.removals {
                 // A move between sports appears as a removal in the old sport and an upsert in
                 // the new one; only drop the event when it did not reappear elsewhere.
-                if self.events.get(id).is_some_and(|e| e.view.sport == *sport) {
-                    self.events.remove(id);
+                if upserted.contains(id.as_str()) {
+                    continue;
+                }
+                if let Some(event) = self.events.remove(id) {
+                    let version = block
+                        .removal_versions
+                        .get(id)
+                        .copied()
+                        .unwrap_or(event.version + 1);
+                    gone.push((
+                        id.clone(),
+                        Removed {
+                            version,
+                            seq: delta.seq,
+                        },
+                    ));
                 }
             }
         }
+        for (id, removed) in gone {
+            self.remember_removal(id, removed);
+        }
         for block in delta.sports.into_values() {
             for event in block.upserts {
+                self.removed.remove(&event.id);
                 self.events.insert(event.id.clone(), event);
             }
         }
+        self.forget_oldest_removals()
     }
 }
 
@@ -256,6 +370,24 @@ mod tests {
     }
 
     #[test]
+    fn restore_keeps_removed_versions_and_order() {
+        let mut book = Book::new("e1");
+        step(&mut book, &[("a".to_string(), view("football", 0.5))]);
+        step(&mut book, &[]);
+        let removals: Vec<(String, Removed)> =
+            book.removals().map(|(id, r)| (id.to_string(), r)).collect();
+        let restored = Book::restore(
+            "e1",
+            book.seq(),
+            book.sport_seqs().clone(),
+            book.events().cloned(),
+            removals,
+        );
+        assert_eq!(restored, book);
+        assert_eq!(restored.removed("a"), Some(Removed { version: 2, seq: 2 }));
+    }
+
+    #[test]
     fn first_tick_upserts_everything_then_nothing() {
         let mut book = Book::new("e1");
         let current = vec![
@@ -298,9 +430,19 @@ mod tests {
         assert_eq!(delta.sports["football"].removals, vec!["a".to_string()]);
         assert_eq!(delta.sports["football"].seq, 2);
         assert!(book.is_empty());
+        assert_eq!(delta.sports["football"].removal_versions["a"], 2);
+        assert_eq!(
+            book.event_seq("a"),
+            2,
+            "the event room's seq is the removal's version"
+        );
         let delta = step(&mut book, &[("a".to_string(), view("football", 0.5))]).unwrap();
         assert_eq!(delta.sports["football"].seq, 3, "sport seq continues");
-        assert_eq!(delta.sports["football"].upserts[0].version, 1);
+        assert_eq!(
+            delta.sports["football"].upserts[0].version, 3,
+            "removed at 2, back at 3"
+        );
+        assert!(book.removed("a").is_none());
     }
 
     #[test]
@@ -309,6 +451,10 @@ mod tests {
         step(&mut book, &[("a".to_string(), view("football", 0.5))]);
         let delta = step(&mut book, &[("a".to_string(), view("futsal", 0.5))]).unwrap();
         assert_eq!(delta.sports["football"].removals, vec!["a".to_string()]);
+        assert!(
+            delta.sports["football"].removal_versions.is_empty(),
+            "a move is one upsert, not a removal of the event"
+        );
         assert_eq!(delta.sports["futsal"].upserts[0].version, 2);
         assert_eq!(book.get("a").unwrap().view.sport, "futsal");
         assert_eq!(book.len(), 1);
@@ -351,7 +497,11 @@ mod tests {
                         for block in delta.sports.values() {
                             for id in &block.removals {
                                 if !current.iter().any(|(i, _)| i == id) {
-                                    versions.remove(id);
+                                    // A removal takes the next version; a return the one after.
+                                    let v = versions.get(id).copied().unwrap_or(0) + 1;
+                                    prop_assert_eq!(block.removal_versions.get(id), Some(&v));
+                                    versions.insert(id.clone(), v);
+                                    prop_assert_eq!(book.event_seq(id), v);
                                 }
                             }
                         }

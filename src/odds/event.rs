@@ -1,4 +1,4 @@
-//! The EVENT object and the messages on the odds channel (CONTRACT §4), as serde types.
+//! The EVENT object and the messages on the odds channel (docs/PROTOCOL.md), as serde types.
 //!
 //! Field names are fixed by the contract; `Option` fields serialise as `null`, never missing.
 
@@ -61,11 +61,18 @@ pub struct Event {
 
 /// The changes of one sport within one `odds` message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SportDelta {
     /// The sport's own sequence number after this message.
     pub seq: u64,
     pub upserts: Vec<Event>,
     pub removals: Vec<String>,
+    /// The version each removed event's removal carries (its last version + 1), assigned by
+    /// the publisher so every broadcaster numbers the `event:<id>` room the same way. Only for
+    /// events that left the active set, not for an event that moved to another sport (that is
+    /// one upsert). Absent in messages of earlier versions: the broadcaster then counts.
+    #[serde(default)]
+    pub removal_versions: BTreeMap<String, u64>,
 }
 
 /// `{"type":"odds",...}` on the odds channel.
@@ -132,15 +139,34 @@ pub enum ChannelMessage {
     Heartbeat(Heartbeat),
 }
 
-/// The sport key of CONTRACT §4: the sport in lower case with spaces as `-`; an esports event
-/// without a sport is `esports`, anything else without a sport is `other`.
+/// The sport key reserved for the global room `sport:all`.
+pub const ALL_SPORTS_KEY: &str = "all";
+
+/// What a sport whose key would be `all` is published as, so it cannot collide with the
+/// global room.
+pub const RENAMED_ALL_SPORT_KEY: &str = "all-sport";
+
+/// Longest sport key, in characters; longer names are cut (room names stay bounded).
+pub const MAX_SPORT_KEY_CHARS: usize = 64;
+
+/// The sport key of docs/PROTOCOL.md: the sport in lower case with runs of white space as one `-`;
+/// an esports event without a sport is `esports`, anything else without a sport is `other`.
+/// Control characters separate words like white space, the key is cut at
+/// [`MAX_SPORT_KEY_CHARS`], and a key that would be `all` becomes [`RENAMED_ALL_SPORT_KEY`].
 pub fn sport_key(sport: Option<&str>, is_esports: bool) -> String {
-    match sport.map(str::trim).filter(|s| !s.is_empty()) {
-        Some(s) => s
-            .split_whitespace()
+    let cleaned: Option<String> = sport.map(|s| {
+        s.split(|c: char| c.is_whitespace() || c.is_control())
+            .filter(|w| !w.is_empty())
             .collect::<Vec<_>>()
             .join("-")
-            .to_lowercase(),
+            .to_lowercase()
+            .chars()
+            .take(MAX_SPORT_KEY_CHARS)
+            .collect()
+    });
+    match cleaned.filter(|s| !s.is_empty()) {
+        Some(key) if key == ALL_SPORTS_KEY => RENAMED_ALL_SPORT_KEY.to_string(),
+        Some(key) => key,
         None if is_esports => "esports".to_string(),
         None => "other".to_string(),
     }
@@ -165,13 +191,20 @@ pub struct EventInput {
     /// External liquidity `L`; `None` means the contract's default of 1,000,000.
     pub liquidity: Option<f64>,
     pub outcomes: Vec<OutcomeInput>,
+    /// Set when the source rows of this event could not be used as they are (an unreadable
+    /// value, a duplicated outcome, too many outcomes): the event is published suspended with
+    /// this reason instead of being priced.
+    pub rejected: Option<Unusable>,
 }
 
 impl EventInput {
     /// Prices the event and builds what clients see. An unusable event is returned suspended,
     /// with its outcome names and no numbers, together with the reason.
     pub fn to_view(&self, params: &OddsParams) -> (EventView, Option<Unusable>) {
-        let priced = price_event(&self.outcomes, self.liquidity, params);
+        let priced = match &self.rejected {
+            Some(reason) => Err(reason.clone()),
+            None => price_event(&self.outcomes, self.liquidity, params),
+        };
         let (outcomes, odds_source, reason) = match priced {
             Ok(priced) => (
                 priced
@@ -222,7 +255,7 @@ impl EventInput {
             no_odds,
             odds_source,
             suspended: reason.is_some(),
-            suspended_reason: reason.as_ref().map(|r| r.label().to_string()),
+            suspended_reason: reason.as_ref().map(Unusable::reason),
         };
         (view, reason)
     }
@@ -243,6 +276,11 @@ mod tests {
             sport_key(Some("Counter Strike 2"), true),
             "counter-strike-2"
         );
+        assert_eq!(sport_key(Some("All"), false), "all-sport");
+        assert_eq!(sport_key(Some(" ALL "), false), "all-sport");
+        assert_eq!(sport_key(Some("All Stars"), false), "all-stars");
+        assert_eq!(sport_key(Some("Foot\u{0}ball\n"), false), "foot-ball");
+        assert_eq!(sport_key(Some(&"x".repeat(500)), false).len(), 64);
     }
 
     #[test]
@@ -306,6 +344,7 @@ mod tests {
             start_time: None,
             liquidity: None,
             outcomes,
+            rejected: None,
         }
     }
 
@@ -358,6 +397,7 @@ mod tests {
                 seq: 4,
                 upserts: vec![],
                 removals: vec!["x".into()],
+                removal_versions: BTreeMap::from([("x".to_string(), 3)]),
             },
         )]);
         let owned = ChannelMessage::Odds(OddsMessage {

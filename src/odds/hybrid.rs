@@ -1,4 +1,4 @@
-//! The hybrid-odds formula of CONTRACT §3, as a pure function.
+//! The hybrid-odds formula of docs/PROTOCOL.md, as a pure function.
 //!
 //! An external reference price (for example a Polymarket price) is blended with the platform's
 //! own pending volume, weighted by the external liquidity `L`:
@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Liquidity assumed when the source has none (`NULL`), per CONTRACT §2.
+/// Liquidity assumed when the source has none (`NULL`), per docs/PROTOCOL.md.
 pub const DEFAULT_LIQUIDITY: f64 = 1_000_000.0;
 
 /// The operator-tunable constants of the formula.
@@ -91,7 +91,23 @@ pub enum Unusable {
     BadVolume(String, f64),
     #[error("external liquidity is negative or not finite: {0}")]
     BadLiquidity(f64),
+    /// A value of the source row could not be read (the column is named in the reason).
+    #[error("column {column:?} could not be read: {detail}")]
+    BadValue {
+        column: &'static str,
+        detail: String,
+    },
+    /// The source returned the same outcome twice for one event (a join that multiplies rows,
+    /// or two events sharing an id): pricing either copy would be a guess.
+    #[error("outcome {0:?} appears more than once")]
+    DuplicateOutcome(String),
+    /// More outcomes than any market should have; the payload would be unbounded.
+    #[error("event has {0} outcomes; at most {MAX_OUTCOMES} are published")]
+    TooManyOutcomes(usize),
 }
+
+/// Most outcomes an event may have before it is suspended (`too_many_outcomes`).
+pub const MAX_OUTCOMES: usize = 256;
 
 impl Unusable {
     /// A short, stable label for metrics (`reason="missing_price"`).
@@ -103,6 +119,31 @@ impl Unusable {
             Unusable::ZeroPriceSum => "zero_price_sum",
             Unusable::BadVolume(..) => "bad_volume",
             Unusable::BadLiquidity(_) => "bad_liquidity",
+            Unusable::BadValue { .. } => "bad_value",
+            Unusable::DuplicateOutcome(_) => "duplicate_outcome",
+            Unusable::TooManyOutcomes(_) => "too_many_outcomes",
+        }
+    }
+
+    /// Every label, for registering metric series at zero.
+    pub const LABELS: [&'static str; 9] = [
+        "missing_price",
+        "price_out_of_range",
+        "zero_price_sum",
+        "too_few_outcomes",
+        "bad_volume",
+        "bad_liquidity",
+        "bad_value",
+        "duplicate_outcome",
+        "too_many_outcomes",
+    ];
+
+    /// The `suspendedReason` clients see: the label, and for an unreadable value the column
+    /// (`bad_value:start_time`), so an operator knows where to look.
+    pub fn reason(&self) -> String {
+        match self {
+            Unusable::BadValue { column, .. } => format!("bad_value:{column}"),
+            other => other.label().to_string(),
         }
     }
 }
@@ -113,7 +154,7 @@ fn round_to(x: f64, places: i32) -> f64 {
     (x * factor).round() / factor
 }
 
-/// Computes the hybrid odds of one event (CONTRACT §3).
+/// Computes the hybrid odds of one event (docs/PROTOCOL.md).
 ///
 /// `liquidity` is the event's external liquidity `L`; `None` means [`DEFAULT_LIQUIDITY`].
 pub fn price_event(

@@ -1,7 +1,7 @@
 //! The pure domain: no I/O, unit- and property-tested without any server.
 //!
-//! - [`hybrid`]: the hybrid-odds formula (CONTRACT §3).
-//! - [`event`]: the EVENT object and channel messages (CONTRACT §4).
+//! - [`hybrid`]: the hybrid-odds formula (docs/PROTOCOL.md).
+//! - [`event`]: the EVENT object and channel messages (docs/PROTOCOL.md).
 //! - [`book`]: the published state and the diff that yields the next message.
 
 pub mod book;

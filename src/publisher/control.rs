@@ -1,4 +1,4 @@
-//! `POST/DELETE/GET /api/sports/ws-publisher` (CONTRACT §5), with the same JSON as the earlier
+//! `POST/DELETE/GET /api/sports/ws-publisher` (docs/PROTOCOL.md), with the same JSON as the earlier
 //! Next.js route, and the desired run state stored in PostgreSQL.
 //!
 //! Auth: with `CONTROL_TOKEN` set, POST and DELETE need `Authorization: Bearer <token>` (401
@@ -10,7 +10,8 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -36,6 +37,8 @@ pub struct ControlState {
     pub handle: PublisherHandle,
     /// `PUBLISHER_AUTOSTART`, for a channel with no stored state.
     pub autostart: bool,
+    /// The supervised tasks: while the scheduler task is down, GET says so.
+    pub tasks: crate::supervisor::Tasks,
 }
 
 pub fn router(state: ControlState) -> Router {
@@ -126,11 +129,13 @@ async fn stored_desired(state: &ControlState) -> Result<Desired, ApiError> {
 fn status_body(state: &ControlState, desired: Desired) -> Value {
     let s = state.handle.status();
     let running = desired == Desired::Running;
+    // A scheduler task waiting to be restarted publishes nothing, whatever it last reported.
+    let down = state.tasks.is_down(SCHEDULER_TASK);
     json!({
         "status": if running { "running" } else { "stopped" },
         "interval": running.then(|| state.handle.interval_label()),
-        "isPublishing": s.is_publishing,
-        "leader": s.leader,
+        "isPublishing": s.is_publishing && !down,
+        "leader": s.leader && !down,
         "channel": state.channel,
         "epoch": s.epoch,
         "seq": s.seq,
@@ -152,9 +157,13 @@ fn with(mut body: Value, status: &str, message: &str) -> Json<Value> {
     Json(body)
 }
 
+/// The supervisor's name of the tick loop's task.
+const SCHEDULER_TASK: &str = "scheduler";
+
 /// GET answers even when PostgreSQL does not: it then shows the desired state the scheduler
-/// last read, and `lastError` says why.
-async fn status(State(state): State<ControlState>) -> Json<Value> {
+/// last read, and `lastError` says why. While the scheduler task is down (it panicked and
+/// waits to be restarted) the answer is 503 with `"status": "down"` and the failure.
+async fn status(State(state): State<ControlState>) -> Response {
     let desired = match stored_desired(&state).await {
         Ok(desired) => desired,
         Err(_) => state
@@ -163,7 +172,16 @@ async fn status(State(state): State<ControlState>) -> Json<Value> {
             .desired
             .unwrap_or(parse_desired(None, state.autostart)),
     };
-    Json(status_body(&state, desired))
+    let mut body = status_body(&state, desired);
+    if let Some(task) = state.tasks.snapshot().get(SCHEDULER_TASK)
+        && task.status != "running"
+    {
+        body["status"] = json!("down");
+        body["message"] = json!("the publisher's tick loop failed and is being restarted");
+        body["taskError"] = json!(task.last_failure);
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    Json(body).into_response()
 }
 
 async fn start(

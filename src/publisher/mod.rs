@@ -1,11 +1,14 @@
 //! The publisher: PostgreSQL → hybrid odds → diffs on the odds channel.
 //!
-//! - [`source`]: runs the active-events SQL file and groups its rows into events.
+//! - [`source`]: runs the active-events SQL file and groups its rows into events by id.
+//! - [`decode`]: reads each column by its actual PostgreSQL type, tolerating what operators'
+//!   schemas hold (timestamptz or timestamp, numeric, enums, integer ids, infinity).
 //! - [`scheduler`]: the tick loop (leadership, desired state, read, price, diff, publish).
 //! - [`leader`]: the advisory lock that makes exactly one process publish.
 //! - [`control`]: `POST/DELETE/GET /api/sports/ws-publisher` and the stored desired state.
 
 pub mod control;
+pub mod decode;
 pub mod leader;
 pub mod scheduler;
 pub mod source;

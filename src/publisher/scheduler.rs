@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::PublisherHandle;
 use super::leader::{Desired, Leader};
 use super::source::Source;
-use crate::bus::{OddsBus, PublishOutcome, now_ms};
+use crate::bus::{Expect, OddsBus, Outgoing, PublishOutcome, now_ms};
 use crate::odds::{Book, EventView, OddsParams};
 use crate::telemetry as m;
 
@@ -47,13 +47,15 @@ pub struct Scheduler {
     /// Tick early when PostgreSQL notifies `oddsfeed_changes`, at most once per this gap;
     /// `None` disables the fast path (ticks only on the interval).
     pub notify_min_gap: Option<Duration>,
+    /// Woken by [`listen_for_changes`] (a task of its own) when PostgreSQL notifies.
+    pub changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// PostgreSQL channel the schema's triggers notify when odds inputs change.
 pub const CHANGES_CHANNEL: &str = "oddsfeed_changes";
 
 /// Listens on [`CHANGES_CHANNEL`] and wakes the tick loop; reconnects by itself.
-async fn listen_for_changes(
+pub async fn listen_for_changes(
     pool: sqlx::PgPool,
     wake: std::sync::Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
@@ -125,6 +127,14 @@ impl CycleError {
 struct LoopState {
     /// The published state, `Some` only while leader, running and synced with Redis.
     book: Option<Book>,
+    /// What the next fenced write expects to find in Redis.
+    expect: Expect,
+    /// Epoch and seq of the last message this process published. If Redis later holds an
+    /// older seq of the same epoch, it lost writes that clients may have seen: the stream
+    /// continues under a new epoch rather than reuse those seqs with other content.
+    published: Option<(String, u64)>,
+    /// Removals the book forgot (beyond its bound) whose state entries are still to delete.
+    forgotten: Vec<String>,
     /// When this process last put a message on the channel (odds or heartbeat).
     last_sent: Instant,
 }
@@ -134,18 +144,16 @@ impl Scheduler {
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut state = LoopState {
             book: None,
+            expect: Expect::Book,
+            published: None,
+            forgotten: Vec::new(),
             last_sent: Instant::now(),
         };
+        // A restarted loop (after a panic) starts from nothing: it is not publishing yet.
+        self.set_role(false, false);
         let mut failures: u32 = 0;
         let mut next = Instant::now();
-        let changed = std::sync::Arc::new(tokio::sync::Notify::new());
-        if self.notify_min_gap.is_some() {
-            tokio::spawn(listen_for_changes(
-                self.source.pool(),
-                changed.clone(),
-                cancel.child_token(),
-            ));
-        }
+        let changed = self.changed.clone();
         let mut last_started = Instant::now();
         loop {
             tokio::select! {
@@ -242,13 +250,14 @@ impl Scheduler {
 
         let mut book = match state.book.take() {
             Some(book) => book,
-            None => self.load_book().await?,
+            None => self.load_book(state).await?,
         };
         self.set_role(true, true);
         let result = self.tick(&mut book, state).await;
         // Keep the book unless the Redis state turned out not to be the one it continues.
         if let Err(CycleError::Conflict(_)) = result {
             counter!(m::STATE_RELOADS, "reason" => "conflict").increment(1);
+            state.expect = Expect::Book;
         } else {
             state.book = Some(book);
         }
@@ -261,16 +270,38 @@ impl Scheduler {
         })
     }
 
-    /// Continues the stream stored in Redis, or starts a new epoch when there is none.
-    async fn load_book(&mut self) -> Result<Book, CycleError> {
-        let book = match self.bus.load_state().await.map_err(CycleError::Redis)? {
+    /// Continues the stream stored in Redis, or starts a new epoch when there is none or when
+    /// the stored one is behind what this process already published in it.
+    async fn load_book(&mut self, state: &mut LoopState) -> Result<Book, CycleError> {
+        let stored = self.bus.load_state().await.map_err(CycleError::Redis)?;
+        let behind = match (&stored, &state.published) {
+            (Some(stored), Some((epoch, seq))) => stored.epoch == *epoch && stored.seq < *seq,
+            _ => false,
+        };
+        let book = match stored {
+            Some(stored) if behind => {
+                let published = state.published.clone().unwrap_or_default();
+                let epoch = new_epoch();
+                tracing::warn!(
+                    stored_seq = stored.seq,
+                    published_seq = published.1,
+                    old_epoch = %stored.epoch,
+                    new_epoch = %epoch,
+                    "the Redis state is behind what this publisher published (Redis lost writes): starting a new epoch so no seq is reused"
+                );
+                counter!(m::STATE_RELOADS, "reason" => "behind").increment(1);
+                state.expect = Expect::Replace(Some((stored.epoch, stored.seq)));
+                Book::new(epoch)
+            }
             Some(stored) => {
                 tracing::info!(epoch = %stored.epoch, seq = stored.seq, events = stored.events.len(), "continuing the stream from the Redis state");
+                state.expect = Expect::Book;
                 stored.into_book()
             }
             None => {
                 let epoch = new_epoch();
                 tracing::info!(%epoch, "no stream in Redis: starting a new epoch");
+                state.expect = Expect::Book;
                 Book::new(epoch)
             }
         };
@@ -280,6 +311,37 @@ impl Scheduler {
             s.seq = Some(book.seq());
         });
         Ok(book)
+    }
+
+    /// Sends a heartbeat through the fence: state keys that vanished are rewritten with it,
+    /// and a state that is not the book's is reported as a conflict (the book is reloaded).
+    async fn heartbeat(&mut self, book: &Book, state: &mut LoopState) -> Result<(), CycleError> {
+        let outcome = self
+            .bus
+            .publish(book, Outgoing::Heartbeat, &state.expect, &[])
+            .await
+            .map_err(CycleError::Redis)?;
+        let bytes = match outcome {
+            PublishOutcome::Published {
+                bytes,
+                rewrote_state,
+                ..
+            } => {
+                if rewrote_state {
+                    tracing::warn!(
+                        seq = book.seq(),
+                        "the Redis state keys were gone; rewrote them with the heartbeat"
+                    );
+                }
+                bytes
+            }
+            PublishOutcome::Conflict { found } => return Err(CycleError::Conflict(found)),
+        };
+        state.expect = Expect::Book;
+        state.last_sent = Instant::now();
+        counter!(m::PUBLISHED_MESSAGES, "type" => "heartbeat").increment(1);
+        counter!(m::PUBLISHED_BYTES).increment(bytes as u64);
+        Ok(())
     }
 
     /// One tick against `book`, which is advanced when a message went out (returns true).
@@ -318,34 +380,48 @@ impl Scheduler {
             None => {
                 counter!(m::TICKS, "result" => "unchanged").increment(1);
                 if state.last_sent.elapsed() >= self.heartbeat {
-                    let bytes = self
-                        .bus
-                        .heartbeat(book.epoch(), book.seq())
-                        .await
-                        .map_err(CycleError::Redis)?;
-                    state.last_sent = Instant::now();
-                    counter!(m::PUBLISHED_MESSAGES, "type" => "heartbeat").increment(1);
-                    counter!(m::PUBLISHED_BYTES).increment(bytes as u64);
+                    self.heartbeat(book, state).await?;
                 }
                 false
             }
             Some(delta) => {
                 let outcome = self
                     .bus
-                    .publish(book, &delta, tick_at)
+                    .publish(
+                        book,
+                        Outgoing::Odds {
+                            delta: &delta,
+                            tick_at,
+                        },
+                        &state.expect,
+                        &state.forgotten,
+                    )
                     .await
                     .map_err(CycleError::Redis)?;
                 let (receivers, bytes) = match outcome {
-                    PublishOutcome::Published { receivers, bytes } => (receivers, bytes),
+                    PublishOutcome::Published {
+                        receivers, bytes, ..
+                    } => (receivers, bytes),
                     PublishOutcome::Conflict { found } => return Err(CycleError::Conflict(found)),
                 };
                 histogram!(m::TICK_DURATION, "stage" => "publish").record(computed.elapsed());
                 state.last_sent = Instant::now();
+                state.expect = Expect::Book;
                 for block in delta.sports.values() {
                     for event in block.upserts.iter().filter(|e| e.view.suspended) {
                         let was_suspended = book.get(&event.id).is_some_and(|e| e.view.suspended);
                         if !was_suspended {
-                            let reason = event.view.suspended_reason.clone().unwrap_or_default();
+                            let reason = event
+                                .view
+                                .suspended_reason
+                                .as_deref()
+                                .and_then(|r| r.split(':').next())
+                                .and_then(|label| {
+                                    crate::odds::Unusable::LABELS
+                                        .into_iter()
+                                        .find(|l| *l == label)
+                                })
+                                .unwrap_or("unknown");
                             counter!(m::EVENT_SUSPENSIONS, "reason" => reason).increment(1);
                         }
                     }
@@ -364,7 +440,8 @@ impl Scheduler {
                     bytes,
                     "published"
                 );
-                book.apply(delta);
+                state.published = Some((book.epoch().to_string(), delta.seq));
+                state.forgotten = book.apply(delta);
                 true
             }
         };

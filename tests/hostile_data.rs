@@ -268,6 +268,8 @@ async fn hostile_rows_hurt_only_their_event() {
     let snapshot = client.expect_type("snapshot", WAIT).await;
     let mut all = RoomView::default();
     all.apply(&snapshot);
+    // (once the broadcaster has the stream: before that, every room is empty with seq 0)
+    server.wait_stream_seq(first["seq"].as_u64().unwrap()).await;
     let (mut client2, _) = WsClient::connect_welcomed(&ws).await;
     client2
         .send(json!({"type": "subscribe", "room": "sport:all-sport"}))

@@ -70,6 +70,7 @@ async fn serve_two_events(
     let (env, channel) = fast_env(&db, &redis_url());
     let server = Server::start(&["serve"], &env).await;
     wait_published(&redis_url(), &channel).await;
+    server.wait_stream_seq(1).await;
     let (mut client, _) = WsClient::connect_welcomed(&ws_url(&server)).await;
     let mut views = BTreeMap::new();
     for room in rooms {

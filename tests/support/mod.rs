@@ -204,6 +204,20 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Waits until this broadcaster's relay has the stream at `seq` or later (before that,
+    /// every room it serves is empty with seq 0).
+    pub async fn wait_stream_seq(&self, seq: u64) {
+        eventually(
+            Duration::from_secs(15),
+            "the broadcaster's stream",
+            || async {
+                let (_, health) = self.get_json("/health").await;
+                (health["stream"]["seq"].as_u64() >= Some(seq)).then_some(())
+            },
+        )
+        .await;
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(self.url("/metrics"))
             .await

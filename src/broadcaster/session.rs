@@ -261,11 +261,16 @@ impl Session {
             };
             match message {
                 Message::Text(text) => self.on_text(text.as_str()),
-                Message::Binary(_) => self.reject(Rejection::new(
-                    ErrorCode::BadRequest,
-                    "binary frames are not supported; send JSON text",
-                    None,
-                )),
+                // Binary frames count against the rate limit like any other message.
+                Message::Binary(_) => {
+                    if self.admit() {
+                        self.reject(Rejection::new(
+                            ErrorCode::BadRequest,
+                            "binary frames are not supported; send JSON text",
+                            None,
+                        ));
+                    }
+                }
                 Message::Pong(_) => last_pong.record(),
                 // Pings are answered by the WebSocket layer itself.
                 Message::Ping(_) => {}
@@ -287,7 +292,9 @@ impl Session {
         });
     }
 
-    fn on_text(&mut self, text: &str) {
+    /// Takes a token from the rate limiter; when none is left, says so at most once a second
+    /// and returns false (the message is ignored).
+    fn admit(&mut self) -> bool {
         if !self.rate.allow() {
             counter!(m::WS_CLIENT_ERRORS, "code" => "rate_limited").increment(1);
             let due = self
@@ -304,6 +311,13 @@ impl Session {
                     id: None,
                 });
             }
+            return false;
+        }
+        true
+    }
+
+    fn on_text(&mut self, text: &str) {
+        if !self.admit() {
             return;
         }
         if text.len() > self.ctx.limits.max_message_bytes {

@@ -2,8 +2,9 @@
 //! Next.js route, and the desired run state stored in PostgreSQL.
 //!
 //! Auth: with `CONTROL_TOKEN` set, POST and DELETE need `Authorization: Bearer <token>` (401
-//! otherwise). Without it they are accepted only from a loopback peer that is not relaying for
-//! someone else (no `Forwarded`/`X-Forwarded-For` header), 403 otherwise: a reverse proxy on
+//! otherwise; the scheme is case-insensitive). Without it they are accepted only from a loopback
+//! peer that is not relaying for someone else (no `Forwarded`, `X-Forwarded-For`, `X-Real-IP`
+//! or similar header), 403 otherwise: a reverse proxy on
 //! the same host must not turn the whole internet into "loopback". GET is open, like /health.
 //! Other methods get 405 from the router.
 
@@ -50,11 +51,13 @@ pub fn router(state: ControlState) -> Router {
 fn authorize(token: Option<&str>, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
     match token {
         Some(token) => {
+            // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` and `BEARER` count.
             let given = headers
                 .get(axum::http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map_or("", |(_, token)| token.trim());
             if constant_time_eq(given.as_bytes(), token.as_bytes()) {
                 Ok(())
             } else {
@@ -64,8 +67,8 @@ fn authorize(token: Option<&str>, peer: SocketAddr, headers: &HeaderMap) -> Resu
             }
         }
         None => {
-            let proxied =
-                headers.contains_key("forwarded") || headers.contains_key("x-forwarded-for");
+            // Any forwarding header means a proxy relays for someone else, whoever that is.
+            let proxied = FORWARDING_HEADERS.iter().any(|h| headers.contains_key(*h));
             if peer.ip().to_canonical().is_loopback() && !proxied {
                 Ok(())
             } else {
@@ -76,6 +79,16 @@ fn authorize(token: Option<&str>, peer: SocketAddr, headers: &HeaderMap) -> Resu
         }
     }
 }
+
+/// Headers a reverse proxy sets to say whom it relays for.
+const FORWARDING_HEADERS: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+];
 
 /// Compares without an early exit, so response time does not reveal a matching prefix.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -247,8 +260,22 @@ mod tests {
         let forbidden = |r: Result<(), ApiError>| matches!(r, Err(ApiError::Forbidden(_)));
         assert!(forbidden(authorize(None, remote, &none)));
         assert!(forbidden(authorize(None, loopback, &proxied)));
+        let mut real_ip = HeaderMap::new();
+        real_ip.insert("x-real-ip", "8.8.8.8".parse().unwrap());
+        assert!(forbidden(authorize(None, loopback, &real_ip)));
         // With a token, the address does not matter but the token does.
         assert!(authorize(Some("t0k"), remote, &bearer).is_ok());
+        for scheme in ["bearer", "BEARER", "Bearer"] {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", format!("{scheme} t0k").parse().unwrap());
+            assert!(authorize(Some("t0k"), remote, &h).is_ok(), "{scheme}");
+        }
+        let mut basic = HeaderMap::new();
+        basic.insert("authorization", "Basic t0k".parse().unwrap());
+        assert!(matches!(
+            authorize(Some("t0k"), remote, &basic),
+            Err(ApiError::Unauthorized(_))
+        ));
         let unauthorized = |r: Result<(), ApiError>| matches!(r, Err(ApiError::Unauthorized(_)));
         assert!(unauthorized(authorize(Some("t0k"), loopback, &none)));
         assert!(unauthorized(authorize(Some("other"), loopback, &bearer)));

@@ -100,41 +100,57 @@ enum Family {
     Other,
 }
 
-fn family(value: &PgValueRef<'_>) -> (Family, String) {
+fn family(value: &PgValueRef<'_>) -> Family {
     let info = value.type_info();
-    let name = info.name().to_string();
-    let mut kind_info = info.into_owned();
+    // Built-in types (nearly every column) are decided by their OID without any allocation.
+    if let Some(fam) = info.oid().and_then(|o| builtin_family(o.0)) {
+        return fam;
+    }
+    let mut info = info.into_owned();
     // A domain reads as its base type.
     for _ in 0..8 {
-        match kind_info.kind() {
-            PgTypeKind::Domain(base) => kind_info = base.clone(),
-            PgTypeKind::Enum(_) => return (Family::Text, name),
+        match info.kind() {
+            PgTypeKind::Domain(base) => info = base.clone(),
+            PgTypeKind::Enum(_) => return Family::Text,
             _ => break,
         }
     }
-    let fam = match kind_info.oid().map(|o| o.0) {
-        Some(oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN | oid::CHAR) => {
-            Family::Text
-        }
-        Some(oid::INT2) => Family::Int2,
-        Some(oid::INT4) => Family::Int4,
-        Some(oid::INT8) => Family::Int8,
-        Some(oid::OID) => Family::Oid,
-        Some(oid::FLOAT4) => Family::Float4,
-        Some(oid::FLOAT8) => Family::Float8,
-        Some(oid::NUMERIC) => Family::Numeric,
-        Some(oid::BOOL) => Family::Bool,
-        Some(oid::UUID) => Family::Uuid,
-        Some(oid::DATE) => Family::Date,
-        Some(oid::TIMESTAMP | oid::TIMESTAMPTZ) => Family::Timestamp,
-        _ if kind_info.name().eq_ignore_ascii_case("citext") => Family::Text,
-        _ => Family::Other,
-    };
-    (fam, name)
+    match info.oid().and_then(|o| builtin_family(o.0)) {
+        Some(fam) => fam,
+        None if info.name().eq_ignore_ascii_case("citext") => Family::Text,
+        None => Family::Other,
+    }
 }
 
-/// A column's raw bytes with its type family, type name and wire format.
-type Raw<'r> = (&'r [u8], Family, String, PgValueFormat);
+fn builtin_family(oid: u32) -> Option<Family> {
+    Some(match oid {
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN | oid::CHAR => {
+            Family::Text
+        }
+        oid::INT2 => Family::Int2,
+        oid::INT4 => Family::Int4,
+        oid::INT8 => Family::Int8,
+        oid::OID => Family::Oid,
+        oid::FLOAT4 => Family::Float4,
+        oid::FLOAT8 => Family::Float8,
+        oid::NUMERIC => Family::Numeric,
+        oid::BOOL => Family::Bool,
+        oid::UUID => Family::Uuid,
+        oid::DATE => Family::Date,
+        oid::TIMESTAMP | oid::TIMESTAMPTZ => Family::Timestamp,
+        _ => return None,
+    })
+}
+
+/// The column's type name, for error messages only.
+fn type_name(row: &PgRow, column: &str) -> String {
+    row.try_get_raw(column)
+        .map(|v| v.type_info().name().to_string())
+        .unwrap_or_default()
+}
+
+/// A column's raw bytes with its type family and wire format.
+type Raw<'r> = (&'r [u8], Family, PgValueFormat);
 
 /// The raw bytes of a column, `None` for SQL NULL, with the column's type family.
 fn raw<'r>(row: &'r PgRow, column: &'static str) -> Result<Option<Raw<'r>>, DecodeError> {
@@ -145,16 +161,17 @@ fn raw<'r>(row: &'r PgRow, column: &'static str) -> Result<Option<Raw<'r>>, Deco
     if value.is_null() {
         return Ok(None);
     }
-    let (fam, type_name) = family(&value);
+    let fam = family(&value);
     let format = value.format();
     let bytes = value.as_bytes().map_err(|e| DecodeError::Value {
         column,
         detail: e.to_string(),
     })?;
-    Ok(Some((bytes, fam, type_name, format)))
+    Ok(Some((bytes, fam, format)))
 }
 
-fn wrong_type(column: &'static str, type_name: &str, wanted: &str, cast: &str) -> DecodeError {
+fn wrong_type(row: &PgRow, column: &'static str, wanted: &str, cast: &str) -> DecodeError {
+    let type_name = type_name(row, column);
     DecodeError::Type {
         column,
         detail: format!(
@@ -178,7 +195,7 @@ fn fixed<const N: usize>(column: &'static str, bytes: &[u8]) -> Result<[u8; N], 
 
 /// A text column: any string type, enums, citext; integers, oids and uuids as their usual text.
 pub fn text<'r>(row: &'r PgRow, column: &'static str) -> Result<Option<Cow<'r, str>>, DecodeError> {
-    let Some((bytes, fam, type_name, format)) = raw(row, column)? else {
+    let Some((bytes, fam, format)) = raw(row, column)? else {
         return Ok(None);
     };
     let utf8 = |b: &'r [u8]| {
@@ -197,7 +214,7 @@ pub fn text<'r>(row: &'r PgRow, column: &'static str) -> Result<Option<Cow<'r, s
         Family::Oid => Cow::Owned(u32::from_be_bytes(fixed(column, bytes)?).to_string()),
         Family::Uuid => Cow::Owned(uuid_text(&fixed::<16>(column, bytes)?)),
         Family::Numeric => Cow::Owned(numeric_text(bytes).map_err(|e| bad_value(column, e))?),
-        _ => return Err(wrong_type(column, &type_name, "text", "text")),
+        _ => return Err(wrong_type(row, column, "text", "text")),
     };
     Ok(Some(text))
 }
@@ -205,7 +222,7 @@ pub fn text<'r>(row: &'r PgRow, column: &'static str) -> Result<Option<Cow<'r, s
 /// A number column: float8, float4, numeric (Prisma `Decimal`), int2/4/8. Numeric `NaN` and
 /// `±Infinity` come through as the same `f64` values, for the formula's checks to reject.
 pub fn number(row: &PgRow, column: &'static str) -> Result<Option<f64>, DecodeError> {
-    let Some((bytes, fam, type_name, format)) = raw(row, column)? else {
+    let Some((bytes, fam, format)) = raw(row, column)? else {
         return Ok(None);
     };
     if format == PgValueFormat::Text {
@@ -224,14 +241,14 @@ pub fn number(row: &PgRow, column: &'static str) -> Result<Option<f64>, DecodeEr
         // Exact up to 2^53; amounts and liquidity beyond that lose only unit precision.
         Family::Int8 => i64::from_be_bytes(fixed(column, bytes)?) as f64,
         Family::Numeric => numeric_f64(bytes).map_err(|e| bad_value(column, e))?,
-        _ => return Err(wrong_type(column, &type_name, "a number", "float8")),
+        _ => return Err(wrong_type(row, column, "a number", "float8")),
     };
     Ok(Some(n))
 }
 
 /// A boolean column: bool, or an integer (0 is false).
 pub fn boolean(row: &PgRow, column: &'static str) -> Result<Option<bool>, DecodeError> {
-    let Some((bytes, fam, type_name, format)) = raw(row, column)? else {
+    let Some((bytes, fam, format)) = raw(row, column)? else {
         return Ok(None);
     };
     if format == PgValueFormat::Text {
@@ -246,7 +263,7 @@ pub fn boolean(row: &PgRow, column: &'static str) -> Result<Option<bool>, Decode
         Family::Int2 => i16::from_be_bytes(fixed(column, bytes)?) != 0,
         Family::Int4 => i32::from_be_bytes(fixed(column, bytes)?) != 0,
         Family::Int8 => i64::from_be_bytes(fixed(column, bytes)?) != 0,
-        _ => return Err(wrong_type(column, &type_name, "a boolean", "bool")),
+        _ => return Err(wrong_type(row, column, "a boolean", "bool")),
     };
     Ok(Some(b))
 }
@@ -254,7 +271,7 @@ pub fn boolean(row: &PgRow, column: &'static str) -> Result<Option<bool>, Decode
 /// A time column: `timestamptz`, `timestamp` (read as UTC, which is what Prisma stores) or
 /// `date` (midnight UTC).
 pub fn timestamp(row: &PgRow, column: &'static str) -> Result<Option<Timestamp>, DecodeError> {
-    let Some((bytes, fam, type_name, format)) = raw(row, column)? else {
+    let Some((bytes, fam, format)) = raw(row, column)? else {
         return Ok(None);
     };
     if format == PgValueFormat::Binary {
@@ -273,7 +290,7 @@ pub fn timestamp(row: &PgRow, column: &'static str) -> Result<Option<Timestamp>,
             _ => {}
         }
     }
-    Err(wrong_type(column, &type_name, "a timestamp", "timestamptz"))
+    Err(wrong_type(row, column, "a timestamp", "timestamptz"))
 }
 
 /// PostgreSQL's epoch (2000-01-01T00:00:00Z) in Unix seconds.

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::broadcaster::Hub;
 use crate::bus::now_ms;
 use crate::publisher::PublisherHandle;
+use crate::supervisor::TaskStatus;
 use crate::telemetry as m;
 
 /// Errors a handler can answer with. Unexpected causes are logged with their chain and shown
@@ -220,9 +221,9 @@ async fn health(State(mut state): State<HealthState>) -> impl IntoResponse {
         .as_ref()
         .map_or(0, |b| b.hub.connections());
     let tasks = state.tasks.snapshot();
-    let task_down = tasks.values().any(|t| t.status != "running");
+    let task_down = tasks.values().any(TaskStatus::is_down);
     // Without its tick loop or its relay the process cannot do its job: not ready.
-    let critical_down = tasks.values().any(|t| t.critical && t.status != "running");
+    let critical_down = tasks.values().any(|t| t.critical && t.is_down());
     let ready = ready && !critical_down;
     let mut body = json!({
         "status": if ready && !publisher_failing && !stream_failing && !task_down { "ok" } else { "degraded" },

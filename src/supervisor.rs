@@ -35,8 +35,8 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskStatus {
-    /// `running`, or `restarting` while it waits to be started again.
-    pub status: &'static str,
+    /// Running, or waiting to be started again.
+    pub status: TaskState,
     /// Restarts since the process started.
     pub restarts: u64,
     /// The most recent failure (panic message or unexpected exit), kept after recovery.
@@ -44,6 +44,21 @@ pub struct TaskStatus {
     /// Without this task the process cannot do its job (`/health` answers 503 while it is down).
     #[serde(skip)]
     pub critical: bool,
+}
+
+/// Whether a supervised task runs right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Running,
+    /// It failed and waits for its backoff before it is started again.
+    Restarting,
+}
+
+impl TaskStatus {
+    pub fn is_down(&self) -> bool {
+        self.status != TaskState::Running
+    }
 }
 
 /// The shared table of supervised tasks. Cheap to clone.
@@ -65,11 +80,18 @@ impl Tasks {
         self.table.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The named task's status, if it is supervised here.
+    pub fn get(&self, name: &str) -> Option<TaskStatus> {
+        self.table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
     /// Whether the named task is registered and not running right now.
     pub fn is_down(&self, name: &str) -> bool {
-        self.snapshot()
-            .get(name)
-            .is_some_and(|t| t.status != "running")
+        self.get(name).is_some_and(|t| t.is_down())
     }
 }
 
@@ -161,7 +183,7 @@ impl Supervisor {
             .insert(
                 name,
                 TaskStatus {
-                    status: "running",
+                    status: TaskState::Running,
                     restarts: 0,
                     last_failure: None,
                     critical,
@@ -204,7 +226,7 @@ impl Supervisor {
                 counter!(m::TASK_RESTARTS, "task" => name).increment(1);
                 gauge!(m::TASK_UP, "task" => name).set(0.0);
                 tasks.update(name, |t| {
-                    t.status = "restarting";
+                    t.status = TaskState::Restarting;
                     t.restarts += 1;
                     t.last_failure = Some(cause);
                 });
@@ -213,7 +235,7 @@ impl Supervisor {
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF.max(first_backoff));
-                tasks.update(name, |t| t.status = "running");
+                tasks.update(name, |t| t.status = TaskState::Running);
                 gauge!(m::TASK_UP, "task" => name).set(1.0);
                 tracing::info!(task = name, "task restarted");
             }

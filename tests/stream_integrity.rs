@@ -120,6 +120,13 @@ async fn a_returning_event_continues_its_version_in_every_room() {
         v["event:e1"].seq == 6
     })
     .await;
+    // While it is away, the state keys hold its removal: version 6, at the removing seq.
+    let removed = removed_hash(&channel).await;
+    assert_eq!(
+        removed.get("e1").and_then(|v| v.split(':').next()),
+        Some("6"),
+        "{removed:?}"
+    );
     let (mut late, _) = WsClient::connect_welcomed(&ws_url(&server)).await;
     let mut late_view = join(&mut late, "event:e1").await;
     assert_eq!((late_view.seq, late_view.events.len()), (6, 0));
@@ -129,19 +136,51 @@ async fn a_returning_event_continues_its_version_in_every_room() {
     late_view.apply(&back);
     assert!(late_view.gaps.is_empty(), "{:?}", late_view.gaps);
     assert_eq!(late_view.events["e1"]["version"], 7);
-    // The removed versions survive a publisher restart (they are in the Redis state).
-    let removed: BTreeMap<String, String> = {
-        let client = redis::Client::open(redis_url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("HGETALL")
-            .arg(format!("{channel}:state:removed"))
-            .query_async(&mut conn)
+    assert!(removed_hash(&channel).await.is_empty(), "e1 is back");
+
+    // The removal versions are in the Redis state, so a new publisher process continues
+    // them: removed at 8 by this process, back at 9 under the next one.
+    db.exec("UPDATE events SET status = 'INACTIVE' WHERE id = 'e1'")
+        .await;
+    eventually(WAIT, "the fourth removal in the state", || async {
+        removed_hash(&channel)
             .await
-            .unwrap()
-    };
-    assert!(removed.is_empty(), "e1 is back: {removed:?}");
-    drop(server);
+            .contains_key("e1")
+            .then_some(())
+    })
+    .await;
+    let mut server = server;
+    server.terminate().await;
+    let (env, _) = fast_env(&db, &redis_url());
+    let env: Vec<_> = env
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "ODDS_CHANNEL" {
+                (k, channel.clone())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let _next = Server::start(&["publisher"], &env).await;
+    db.exec("UPDATE events SET status = 'ACTIVE' WHERE id = 'e1'")
+        .await;
+    let stored = eventually(WAIT, "e1 back under the new process", || async {
+        let (_, stored) = stored_state(&redis_url(), &channel).await;
+        stored.get("e1").map(|e| e["version"].clone())
+    })
+    .await;
+    assert_eq!(stored, 9);
     db.drop_db().await;
+}
+
+/// The `C:state:removed` hash of a channel.
+async fn removed_hash(channel: &str) -> BTreeMap<String, String> {
+    redis::cmd("HGETALL")
+        .arg(format!("{channel}:state:removed"))
+        .query_async(&mut redis_conn().await)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -622,19 +622,20 @@ impl Hub {
             let f = frame(&room, block.seq, upserts, removals, RoomKind::Sport);
             frames.push((odds, room, f, block.seq));
         }
-        // event:<id> rooms exist only while someone is in them.
+        // event:<id> rooms exist only while someone is in them (so the room is never created
+        // here, and nothing is allocated for an event nobody follows beyond its name).
         for event in msg.sports.values().flat_map(|b| &b.upserts) {
-            let odds = OddsRoom::Event(event.id.clone());
-            let room = odds.name();
-            if inner.rooms.contains_key(&room) {
+            let room = format!("event:{}", event.id);
+            if let Some(odds) = inner.rooms.get(&room).and_then(|r| r.odds.clone()) {
                 let f = frame(&room, event.version, vec![event], vec![], RoomKind::Event);
                 frames.push((odds, room, f, event.version));
             }
         }
         for id in &all_removals {
-            let odds = OddsRoom::Event((*id).to_string());
-            let room = odds.name();
-            if let Some(r) = inner.rooms.get(&room) {
+            let room = format!("event:{id}");
+            if let Some(r) = inner.rooms.get(&room)
+                && let Some(odds) = r.odds.clone()
+            {
                 // The publisher numbers the removal; a message without the number (an older
                 // publisher) is counted on from the room.
                 let seq = msg
@@ -723,29 +724,21 @@ impl Hub {
 }
 
 fn leave(inner: &mut Inner, room: &str, id: ClientId) {
-    let known_sport = |key: &str| {
-        inner
-            .book
-            .as_ref()
-            .is_some_and(|b| b.sport_seqs().contains_key(key))
+    let Some(r) = inner.rooms.get_mut(room) else {
+        return;
     };
-    let remove = match inner.rooms.get(room) {
-        Some(r) => {
-            // Rooms of real sports stay (their replay buffer serves resumes); every other room
-            // goes when its last member leaves, so rooms clients name cost nothing once empty.
-            r.members.len() == 1
-                && r.members.contains_key(&id)
-                && match &r.odds {
-                    Some(OddsRoom::All) => false,
-                    Some(OddsRoom::Sport(key)) => !known_sport(key),
-                    _ => true,
-                }
-        }
-        None => false,
-    };
-    if let Some(r) = inner.rooms.get_mut(room) {
-        r.members.remove(&id);
-    }
+    r.members.remove(&id);
+    // Rooms of real sports stay (their replay buffer serves resumes); every other room goes
+    // when its last member leaves, so rooms clients name cost nothing once empty.
+    let remove = r.members.is_empty()
+        && match &r.odds {
+            Some(OddsRoom::All) => false,
+            Some(OddsRoom::Sport(key)) => !inner
+                .book
+                .as_ref()
+                .is_some_and(|b| b.sport_seqs().contains_key(key)),
+            _ => true,
+        };
     if remove {
         inner.rooms.remove(room);
     }

@@ -92,6 +92,12 @@ pub enum Expect {
     Replace(Option<(String, u64)>),
 }
 
+/// The meta hash fields of per-sport seqs.
+fn sport_fields<'a>(seqs: impl Iterator<Item = (&'a String, u64)>) -> Vec<(String, String)> {
+    seqs.map(|(k, v)| (format!("{SPORT_FIELD_PREFIX}{k}"), v.to_string()))
+        .collect()
+}
+
 fn removed_value(r: Removed) -> String {
     format!("{}:{}", r.version, r.seq)
 }
@@ -283,11 +289,7 @@ impl OddsBus {
         for chunk in removed.chunks(500) {
             pipe.hset_multiple(&self.keys.removed, chunk).ignore();
         }
-        let sports: Vec<(String, String)> = book
-            .sport_seqs()
-            .iter()
-            .map(|(k, v)| (format!("{SPORT_FIELD_PREFIX}{k}"), v.to_string()))
-            .collect();
+        let sports = sport_fields(book.sport_seqs().iter().map(|(k, v)| (k, *v)));
         if !sports.is_empty() {
             pipe.hset_multiple(&self.keys.meta, &sports).ignore();
         }
@@ -340,11 +342,7 @@ impl OddsBus {
         if !upserts.is_empty() {
             pipe.hset_multiple(&self.keys.events, &upserts).ignore();
         }
-        let sports: Vec<(String, String)> = delta
-            .sports
-            .iter()
-            .map(|(k, b)| (format!("{SPORT_FIELD_PREFIX}{k}"), b.seq.to_string()))
-            .collect();
+        let sports = sport_fields(delta.sports.iter().map(|(k, b)| (k, b.seq)));
         pipe.hset_multiple(&self.keys.meta, &sports).ignore();
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! Redis. A delta that failed to publish is simply never applied, so the next tick's diff
 //! carries everything that changed in the meantime.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::event::{Event, EventView, SportDelta};
 
@@ -26,9 +26,9 @@ pub struct Book {
     /// of that message. An event that comes back continues from here (docs/PROTOCOL.md: removed at
     /// v+1, back at v+2), and an `event:<id>` room of a removed event knows its seq.
     removed: HashMap<String, Removed>,
-    /// Removal order (global seq, id), oldest first, to forget the oldest removals beyond
-    /// [`REMOVED_KEPT`]. Entries of events that came back are skipped lazily.
-    removed_order: VecDeque<(u64, String)>,
+    /// The same removals ordered by (global seq, id), oldest first, to forget the oldest
+    /// beyond [`REMOVED_KEPT`].
+    removed_order: BTreeSet<(u64, String)>,
 }
 
 /// How many removed events' versions a book remembers. An event removed longer ago than the
@@ -91,7 +91,7 @@ impl Book {
             sport_seqs: BTreeMap::new(),
             events: HashMap::new(),
             removed: HashMap::new(),
-            removed_order: VecDeque::new(),
+            removed_order: BTreeSet::new(),
         }
     }
 
@@ -103,23 +103,18 @@ impl Book {
         events: impl IntoIterator<Item = Event>,
         removed: impl IntoIterator<Item = (String, Removed)>,
     ) -> Self {
-        let events: HashMap<String, Event> =
-            events.into_iter().map(|e| (e.id.clone(), e)).collect();
-        let mut removed: Vec<(String, Removed)> = removed
-            .into_iter()
-            .filter(|(id, _)| !events.contains_key(id))
-            .collect();
-        removed.sort_by_key(|(id, r)| (r.seq, id.clone()));
         let mut book = Self {
             epoch: epoch.into(),
             seq,
             sport_seqs,
-            events,
-            removed: HashMap::with_capacity(removed.len()),
-            removed_order: VecDeque::with_capacity(removed.len()),
+            events: events.into_iter().map(|e| (e.id.clone(), e)).collect(),
+            removed: HashMap::new(),
+            removed_order: BTreeSet::new(),
         };
         for (id, r) in removed {
-            book.remember_removal(id, r);
+            if !book.events.contains_key(&id) {
+                book.remember_removal(id, r);
+            }
         }
         book.forget_oldest_removals();
         book
@@ -145,27 +140,27 @@ impl Book {
     }
 
     fn remember_removal(&mut self, id: String, removed: Removed) {
-        self.removed_order.push_back((removed.seq, id.clone()));
+        self.forget_removal(&id);
+        self.removed_order.insert((removed.seq, id.clone()));
         self.removed.insert(id, removed);
+    }
+
+    /// Drops what the book remembers of a removed event (it came back).
+    fn forget_removal(&mut self, id: &str) {
+        if let Some(r) = self.removed.remove(id) {
+            self.removed_order.remove(&(r.seq, id.to_string()));
+        }
     }
 
     /// Forgets the oldest removals beyond [`REMOVED_KEPT`]; returns the ids forgotten.
     fn forget_oldest_removals(&mut self) -> Vec<String> {
         let mut forgotten = Vec::new();
         while self.removed.len() > REMOVED_KEPT {
-            let Some((seq, id)) = self.removed_order.pop_front() else {
+            let Some((_, id)) = self.removed_order.pop_first() else {
                 break;
             };
-            if self.removed.get(&id).is_some_and(|r| r.seq == seq) {
-                self.removed.remove(&id);
-                forgotten.push(id);
-            }
-        }
-        // Entries of events that came back are stale; keep the queue near the map's size.
-        if self.removed_order.len() > 2 * self.removed.len() + 1024 {
-            let removed = &self.removed;
-            self.removed_order
-                .retain(|(seq, id)| removed.get(id).is_some_and(|r| r.seq == *seq));
+            self.removed.remove(&id);
+            forgotten.push(id);
         }
         forgotten
     }
@@ -279,43 +274,29 @@ impl Book {
     pub fn apply(&mut self, delta: Delta) -> Vec<String> {
         debug_assert_eq!(delta.seq, self.seq + 1, "delta from another book state");
         self.seq = delta.seq;
-        let upserted: HashSet<&str> = delta
-            .sports
-            .values()
-            .flat_map(|b| &b.upserts)
-            .map(|e| e.id.as_str())
-            .collect();
-        let mut gone: Vec<(String, Removed)> = Vec::new();
         for (sport, block) in &delta.sports {
             self.sport_seqs.insert(sport.clone(), block.seq);
             for id in &block.removals {
                 // A move between sports appears as a removal in the old sport and an upsert in
-                // the new one; only drop the event when it did not reappear elsewhere.
-                if upserted.contains(id.as_str()) {
+                // the new one: the upserts below bring it back and forget the removal.
+                if self.events.get(id).is_none_or(|e| e.view.sport != *sport) {
                     continue;
                 }
-                if let Some(event) = self.events.remove(id) {
-                    let version = block
-                        .removal_versions
-                        .get(id)
-                        .copied()
-                        .unwrap_or(event.version + 1);
-                    gone.push((
-                        id.clone(),
-                        Removed {
-                            version,
-                            seq: delta.seq,
-                        },
-                    ));
-                }
+                let Some(event) = self.events.remove(id) else {
+                    continue;
+                };
+                let version = block
+                    .removal_versions
+                    .get(id)
+                    .copied()
+                    .unwrap_or(event.version + 1);
+                let seq = delta.seq;
+                self.remember_removal(id.clone(), Removed { version, seq });
             }
-        }
-        for (id, removed) in gone {
-            self.remember_removal(id, removed);
         }
         for block in delta.sports.into_values() {
             for event in block.upserts {
-                self.removed.remove(&event.id);
+                self.forget_removal(&event.id);
                 self.events.insert(event.id.clone(), event);
             }
         }

@@ -250,6 +250,28 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn every_reason_has_a_registered_label() {
+        let all = [
+            Unusable::MissingPrice("YES".into()),
+            Unusable::PriceOutOfRange("YES".into(), 2.0),
+            Unusable::ZeroPriceSum,
+            Unusable::TooFewOutcomes(1),
+            Unusable::BadVolume("YES".into(), -1.0),
+            Unusable::BadLiquidity(-1.0),
+            Unusable::BadValue {
+                column: "start_time",
+                detail: String::new(),
+            },
+            Unusable::DuplicateOutcome("YES".into()),
+            Unusable::TooManyOutcomes(300),
+        ];
+        let labels: Vec<&str> = all.iter().map(Unusable::label).collect();
+        assert_eq!(labels, Unusable::LABELS);
+        assert_eq!(all[6].reason(), "bad_value:start_time");
+        assert_eq!(all[7].reason(), "duplicate_outcome");
+    }
+
     fn outcome(name: &str, price: Option<f64>, volume: f64) -> OutcomeInput {
         OutcomeInput {
             name: name.into(),

@@ -186,8 +186,8 @@ async fn status(State(state): State<ControlState>) -> Response {
             .unwrap_or(parse_desired(None, state.autostart)),
     };
     let mut body = status_body(&state, desired);
-    if let Some(task) = state.tasks.snapshot().get(SCHEDULER_TASK)
-        && task.status != "running"
+    if let Some(task) = state.tasks.get(SCHEDULER_TASK)
+        && task.is_down()
     {
         body["status"] = json!("down");
         body["message"] = json!("the publisher's tick loop failed and is being restarted");

@@ -149,11 +149,14 @@ fn type_name(row: &PgRow, column: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A column's raw bytes with its type family and wire format.
-type Raw<'r> = (&'r [u8], Family, PgValueFormat);
-
 /// The raw bytes of a column, `None` for SQL NULL, with the column's type family.
-fn raw<'r>(row: &'r PgRow, column: &'static str) -> Result<Option<Raw<'r>>, DecodeError> {
+///
+/// The query runs as a prepared statement, for which sqlx always asks for binary results; a
+/// value in text format would mean a protocol change and is refused rather than misread.
+fn raw<'r>(
+    row: &'r PgRow,
+    column: &'static str,
+) -> Result<Option<(&'r [u8], Family)>, DecodeError> {
     let value = row.try_get_raw(column).map_err(|_| DecodeError::Type {
         column,
         detail: "is missing from the result".into(),
@@ -161,13 +164,18 @@ fn raw<'r>(row: &'r PgRow, column: &'static str) -> Result<Option<Raw<'r>>, Deco
     if value.is_null() {
         return Ok(None);
     }
+    if value.format() != PgValueFormat::Binary {
+        return Err(DecodeError::Type {
+            column,
+            detail: "arrived in text format; oddsfeed reads binary results".into(),
+        });
+    }
     let fam = family(&value);
-    let format = value.format();
     let bytes = value.as_bytes().map_err(|e| DecodeError::Value {
         column,
         detail: e.to_string(),
     })?;
-    Ok(Some((bytes, fam, format)))
+    Ok(Some((bytes, fam)))
 }
 
 fn wrong_type(row: &PgRow, column: &'static str, wanted: &str, cast: &str) -> DecodeError {
@@ -193,24 +201,29 @@ fn fixed<const N: usize>(column: &'static str, bytes: &[u8]) -> Result<[u8; N], 
         .map_err(|_| bad_value(column, format!("expected {N} bytes, got {}", bytes.len())))
 }
 
+/// An integer column of any width, `None` when the family is not an integer.
+fn integer(column: &'static str, fam: Family, bytes: &[u8]) -> Result<Option<i64>, DecodeError> {
+    Ok(Some(match fam {
+        Family::Int2 => i64::from(i16::from_be_bytes(fixed(column, bytes)?)),
+        Family::Int4 => i64::from(i32::from_be_bytes(fixed(column, bytes)?)),
+        Family::Int8 => i64::from_be_bytes(fixed(column, bytes)?),
+        _ => return Ok(None),
+    }))
+}
+
 /// A text column: any string type, enums, citext; integers, oids and uuids as their usual text.
 pub fn text<'r>(row: &'r PgRow, column: &'static str) -> Result<Option<Cow<'r, str>>, DecodeError> {
-    let Some((bytes, fam, format)) = raw(row, column)? else {
+    let Some((bytes, fam)) = raw(row, column)? else {
         return Ok(None);
     };
-    let utf8 = |b: &'r [u8]| {
-        std::str::from_utf8(b)
-            .map(Cow::Borrowed)
-            .map_err(|e| bad_value(column, format!("not valid UTF-8: {e}")))
-    };
-    if format == PgValueFormat::Text {
-        return utf8(bytes).map(Some);
+    if let Some(n) = integer(column, fam, bytes)? {
+        return Ok(Some(Cow::Owned(n.to_string())));
     }
     let text = match fam {
-        Family::Text => utf8(bytes)?,
-        Family::Int2 => Cow::Owned(i16::from_be_bytes(fixed(column, bytes)?).to_string()),
-        Family::Int4 => Cow::Owned(i32::from_be_bytes(fixed(column, bytes)?).to_string()),
-        Family::Int8 => Cow::Owned(i64::from_be_bytes(fixed(column, bytes)?).to_string()),
+        Family::Text => Cow::Borrowed(
+            std::str::from_utf8(bytes)
+                .map_err(|e| bad_value(column, format!("not valid UTF-8: {e}")))?,
+        ),
         Family::Oid => Cow::Owned(u32::from_be_bytes(fixed(column, bytes)?).to_string()),
         Family::Uuid => Cow::Owned(uuid_text(&fixed::<16>(column, bytes)?)),
         Family::Numeric => Cow::Owned(numeric_text(bytes).map_err(|e| bad_value(column, e))?),
@@ -222,24 +235,16 @@ pub fn text<'r>(row: &'r PgRow, column: &'static str) -> Result<Option<Cow<'r, s
 /// A number column: float8, float4, numeric (Prisma `Decimal`), int2/4/8. Numeric `NaN` and
 /// `±Infinity` come through as the same `f64` values, for the formula's checks to reject.
 pub fn number(row: &PgRow, column: &'static str) -> Result<Option<f64>, DecodeError> {
-    let Some((bytes, fam, format)) = raw(row, column)? else {
+    let Some((bytes, fam)) = raw(row, column)? else {
         return Ok(None);
     };
-    if format == PgValueFormat::Text {
-        let text = std::str::from_utf8(bytes).map_err(|e| bad_value(column, e.to_string()))?;
-        return text
-            .trim()
-            .parse::<f64>()
-            .map(Some)
-            .map_err(|_| bad_value(column, format!("{text:?} is not a number")));
+    if let Some(n) = integer(column, fam, bytes)? {
+        // Exact up to 2^53; amounts and liquidity beyond that lose only unit precision.
+        return Ok(Some(n as f64));
     }
     let n = match fam {
         Family::Float8 => f64::from_be_bytes(fixed(column, bytes)?),
         Family::Float4 => f64::from(f32::from_be_bytes(fixed(column, bytes)?)),
-        Family::Int2 => f64::from(i16::from_be_bytes(fixed(column, bytes)?)),
-        Family::Int4 => f64::from(i32::from_be_bytes(fixed(column, bytes)?)),
-        // Exact up to 2^53; amounts and liquidity beyond that lose only unit precision.
-        Family::Int8 => i64::from_be_bytes(fixed(column, bytes)?) as f64,
         Family::Numeric => numeric_f64(bytes).map_err(|e| bad_value(column, e))?,
         _ => return Err(wrong_type(row, column, "a number", "float8")),
     };
@@ -248,49 +253,32 @@ pub fn number(row: &PgRow, column: &'static str) -> Result<Option<f64>, DecodeEr
 
 /// A boolean column: bool, or an integer (0 is false).
 pub fn boolean(row: &PgRow, column: &'static str) -> Result<Option<bool>, DecodeError> {
-    let Some((bytes, fam, format)) = raw(row, column)? else {
+    let Some((bytes, fam)) = raw(row, column)? else {
         return Ok(None);
     };
-    if format == PgValueFormat::Text {
-        return match bytes {
-            b"t" | b"true" => Ok(Some(true)),
-            b"f" | b"false" => Ok(Some(false)),
-            _ => Err(bad_value(column, "not a boolean")),
-        };
+    if let Some(n) = integer(column, fam, bytes)? {
+        return Ok(Some(n != 0));
     }
-    let b = match fam {
-        Family::Bool => fixed::<1>(column, bytes)?[0] != 0,
-        Family::Int2 => i16::from_be_bytes(fixed(column, bytes)?) != 0,
-        Family::Int4 => i32::from_be_bytes(fixed(column, bytes)?) != 0,
-        Family::Int8 => i64::from_be_bytes(fixed(column, bytes)?) != 0,
-        _ => return Err(wrong_type(row, column, "a boolean", "bool")),
-    };
-    Ok(Some(b))
+    match fam {
+        Family::Bool => Ok(Some(fixed::<1>(column, bytes)?[0] != 0)),
+        _ => Err(wrong_type(row, column, "a boolean", "bool")),
+    }
 }
 
 /// A time column: `timestamptz`, `timestamp` (read as UTC, which is what Prisma stores) or
 /// `date` (midnight UTC).
 pub fn timestamp(row: &PgRow, column: &'static str) -> Result<Option<Timestamp>, DecodeError> {
-    let Some((bytes, fam, format)) = raw(row, column)? else {
+    let Some((bytes, fam)) = raw(row, column)? else {
         return Ok(None);
     };
-    if format == PgValueFormat::Binary {
-        match fam {
-            Family::Timestamp => {
-                return Ok(Some(from_pg_micros(i64::from_be_bytes(fixed(
-                    column, bytes,
-                )?))));
-            }
-            Family::Date => {
-                let days = i32::from_be_bytes(fixed(column, bytes)?);
-                return Ok(Some(from_pg_micros(
-                    i64::from(days).saturating_mul(86_400_000_000),
-                )));
-            }
-            _ => {}
+    let micros = match fam {
+        Family::Timestamp => i64::from_be_bytes(fixed(column, bytes)?),
+        Family::Date => {
+            i64::from(i32::from_be_bytes(fixed(column, bytes)?)).saturating_mul(86_400_000_000)
         }
-    }
-    Err(wrong_type(row, column, "a timestamp", "timestamptz"))
+        _ => return Err(wrong_type(row, column, "a timestamp", "timestamptz")),
+    };
+    Ok(Some(from_pg_micros(micros)))
 }
 
 /// PostgreSQL's epoch (2000-01-01T00:00:00Z) in Unix seconds.

@@ -7,6 +7,7 @@
 //! overruns the interval is counted and the next starts at once; a failed cycle is counted,
 //! logged, and retried with exponential backoff (capped at [`MAX_BACKOFF`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
@@ -257,7 +258,6 @@ impl Scheduler {
         // Keep the book unless the Redis state turned out not to be the one it continues.
         if let Err(CycleError::Conflict(_)) = result {
             counter!(m::STATE_RELOADS, "reason" => "conflict").increment(1);
-            state.expect = Expect::Book;
         } else {
             state.book = Some(book);
         }
@@ -274,17 +274,21 @@ impl Scheduler {
     /// the stored one is behind what this process already published in it.
     async fn load_book(&mut self, state: &mut LoopState) -> Result<Book, CycleError> {
         let stored = self.bus.load_state().await.map_err(CycleError::Redis)?;
+        // Removals the previous book forgot are not this book's to delete.
+        state.forgotten.clear();
+        state.expect = Expect::Book;
         let behind = match (&stored, &state.published) {
-            (Some(stored), Some((epoch, seq))) => stored.epoch == *epoch && stored.seq < *seq,
-            _ => false,
+            (Some(stored), Some((epoch, seq))) => {
+                (stored.epoch == *epoch && stored.seq < *seq).then_some(*seq)
+            }
+            _ => None,
         };
         let book = match stored {
-            Some(stored) if behind => {
-                let published = state.published.clone().unwrap_or_default();
+            Some(stored) if let Some(published_seq) = behind => {
                 let epoch = new_epoch();
                 tracing::warn!(
                     stored_seq = stored.seq,
-                    published_seq = published.1,
+                    published_seq,
                     old_epoch = %stored.epoch,
                     new_epoch = %epoch,
                     "the Redis state is behind what this publisher published (Redis lost writes): starting a new epoch so no seq is reused"
@@ -295,13 +299,11 @@ impl Scheduler {
             }
             Some(stored) => {
                 tracing::info!(epoch = %stored.epoch, seq = stored.seq, events = stored.events.len(), "continuing the stream from the Redis state");
-                state.expect = Expect::Book;
                 stored.into_book()
             }
             None => {
                 let epoch = new_epoch();
                 tracing::info!(%epoch, "no stream in Redis: starting a new epoch");
-                state.expect = Expect::Book;
                 Book::new(epoch)
             }
         };
@@ -313,32 +315,47 @@ impl Scheduler {
         Ok(book)
     }
 
-    /// Sends a heartbeat through the fence: state keys that vanished are rewritten with it,
-    /// and a state that is not the book's is reported as a conflict (the book is reloaded).
-    async fn heartbeat(&mut self, book: &Book, state: &mut LoopState) -> Result<(), CycleError> {
+    /// Puts `outgoing` on the channel through the fence (see `bus::redis`); a state that is
+    /// not the one expected is a conflict (the book is reloaded). Returns the receivers, the
+    /// bytes, and whether the whole state had to be written again.
+    async fn fenced(
+        &mut self,
+        book: &Book,
+        outgoing: Outgoing<'_>,
+        state: &mut LoopState,
+    ) -> Result<(i64, usize, bool), CycleError> {
+        let forgotten = match outgoing {
+            Outgoing::Odds { .. } => state.forgotten.as_slice(),
+            Outgoing::Heartbeat => &[],
+        };
         let outcome = self
             .bus
-            .publish(book, Outgoing::Heartbeat, &state.expect, &[])
+            .publish(book, outgoing, &state.expect, forgotten)
             .await
             .map_err(CycleError::Redis)?;
-        let bytes = match outcome {
+        match outcome {
             PublishOutcome::Published {
+                receivers,
                 bytes,
                 rewrote_state,
-                ..
             } => {
-                if rewrote_state {
-                    tracing::warn!(
-                        seq = book.seq(),
-                        "the Redis state keys were gone; rewrote them with the heartbeat"
-                    );
-                }
-                bytes
+                state.expect = Expect::Book;
+                state.last_sent = Instant::now();
+                Ok((receivers, bytes, rewrote_state))
             }
-            PublishOutcome::Conflict { found } => return Err(CycleError::Conflict(found)),
-        };
-        state.expect = Expect::Book;
-        state.last_sent = Instant::now();
+            PublishOutcome::Conflict { found } => Err(CycleError::Conflict(found)),
+        }
+    }
+
+    /// Sends a heartbeat through the fence: state keys that vanished are rewritten with it.
+    async fn heartbeat(&mut self, book: &Book, state: &mut LoopState) -> Result<(), CycleError> {
+        let (_, bytes, rewrote_state) = self.fenced(book, Outgoing::Heartbeat, state).await?;
+        if rewrote_state {
+            tracing::warn!(
+                seq = book.seq(),
+                "the Redis state keys were gone; rewrote them with the heartbeat"
+            );
+        }
         counter!(m::PUBLISHED_MESSAGES, "type" => "heartbeat").increment(1);
         counter!(m::PUBLISHED_BYTES).increment(bytes as u64);
         Ok(())
@@ -360,12 +377,13 @@ impl Scheduler {
         let queried = Instant::now();
 
         let mut views: Vec<(String, EventView)> = Vec::with_capacity(inputs.len());
-        let mut suspended = 0usize;
+        // The metric label of each suspended event, counted below when it becomes suspended.
+        let mut suspended: HashMap<&str, &'static str> = HashMap::new();
         for input in &inputs {
             let (view, reason) = input.to_view(&self.params);
             if let Some(reason) = reason {
-                suspended += 1;
                 tracing::debug!(event = %input.id, %reason, "event suspended");
+                suspended.insert(&input.id, reason.label());
             }
             views.push((input.id.clone(), view));
         }
@@ -374,7 +392,7 @@ impl Scheduler {
         histogram!(m::TICK_DURATION, "stage" => "query").record(queried - started);
         histogram!(m::TICK_DURATION, "stage" => "compute").record(computed - queried);
         gauge!(m::EVENTS_ACTIVE).set(views.len() as f64);
-        gauge!(m::EVENTS_SUSPENDED).set(suspended as f64);
+        gauge!(m::EVENTS_SUSPENDED).set(suspended.len() as f64);
 
         let published = match delta {
             None => {
@@ -385,45 +403,18 @@ impl Scheduler {
                 false
             }
             Some(delta) => {
-                let outcome = self
-                    .bus
-                    .publish(
-                        book,
-                        Outgoing::Odds {
-                            delta: &delta,
-                            tick_at,
-                        },
-                        &state.expect,
-                        &state.forgotten,
-                    )
-                    .await
-                    .map_err(CycleError::Redis)?;
-                let (receivers, bytes) = match outcome {
-                    PublishOutcome::Published {
-                        receivers, bytes, ..
-                    } => (receivers, bytes),
-                    PublishOutcome::Conflict { found } => return Err(CycleError::Conflict(found)),
+                let outgoing = Outgoing::Odds {
+                    delta: &delta,
+                    tick_at,
                 };
+                let (receivers, bytes, _) = self.fenced(book, outgoing, state).await?;
                 histogram!(m::TICK_DURATION, "stage" => "publish").record(computed.elapsed());
-                state.last_sent = Instant::now();
-                state.expect = Expect::Book;
-                for block in delta.sports.values() {
-                    for event in block.upserts.iter().filter(|e| e.view.suspended) {
-                        let was_suspended = book.get(&event.id).is_some_and(|e| e.view.suspended);
-                        if !was_suspended {
-                            let reason = event
-                                .view
-                                .suspended_reason
-                                .as_deref()
-                                .and_then(|r| r.split(':').next())
-                                .and_then(|label| {
-                                    crate::odds::Unusable::LABELS
-                                        .into_iter()
-                                        .find(|l| *l == label)
-                                })
-                                .unwrap_or("unknown");
-                            counter!(m::EVENT_SUSPENSIONS, "reason" => reason).increment(1);
-                        }
+                for event in delta.sports.values().flat_map(|b| &b.upserts) {
+                    let was_suspended = book.get(&event.id).is_some_and(|e| e.view.suspended);
+                    if let Some(label) = suspended.get(event.id.as_str())
+                        && !was_suspended
+                    {
+                        counter!(m::EVENT_SUSPENSIONS, "reason" => *label).increment(1);
                     }
                 }
                 counter!(m::TICKS, "result" => "published").increment(1);
@@ -452,7 +443,7 @@ impl Scheduler {
         self.handle.update(|s| {
             s.ticks += 1;
             s.active_events = views.len();
-            s.suspended_events = suspended;
+            s.suspended_events = suspended.len();
             s.last_tick_at = Some(tick_at);
             s.last_tick_ms = Some(total.as_secs_f64() * 1e3);
             s.seq = Some(seq);

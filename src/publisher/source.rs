@@ -31,11 +31,18 @@ pub struct Source {
     sql: Arc<str>,
     /// Optional cap on the number of events published (`MAX_EVENTS`).
     max_events: Option<usize>,
-    /// Row problems already logged, by event id (their signature), so each is logged and
-    /// counted once when it appears rather than on every tick.
-    reported: Arc<Mutex<HashMap<String, String>>>,
-    /// Whether rows with a NULL `event_id` were reported on the previous tick.
-    null_ids_reported: Arc<Mutex<bool>>,
+    /// What was already reported, so each problem is logged and counted once when it
+    /// appears rather than on every tick.
+    reported: Arc<Mutex<Reported>>,
+}
+
+/// Row problems reported on the previous tick.
+#[derive(Default)]
+struct Reported {
+    /// By event id: the signature of its problems.
+    events: HashMap<String, String>,
+    /// Rows with a NULL or unreadable `event_id` were seen.
+    null_ids: bool,
 }
 
 impl Source {
@@ -57,7 +64,6 @@ impl Source {
             sql,
             max_events,
             reported: Arc::default(),
-            null_ids_reported: Arc::default(),
         })
     }
 
@@ -75,7 +81,7 @@ impl Source {
         let mut rows = sqlx::query(AssertSqlSafe(self.sql.clone())).fetch(&self.pool);
         let mut events: Vec<EventInput> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
-        let mut notes: HashMap<usize, Vec<Note>> = HashMap::new();
+        let mut reports: HashMap<String, Vec<Note>> = HashMap::new();
         let mut null_ids = 0usize;
         let mut checked_columns = false;
         while let Some(row) = rows
@@ -102,10 +108,10 @@ impl Source {
                     let event = event_from_row(&row, event_id.as_ref(), &mut event_notes)?;
                     let i = events.len();
                     index.insert(event.id.clone(), i);
-                    events.push(event);
                     if !event_notes.is_empty() {
-                        notes.insert(i, event_notes);
+                        reports.insert(event.id.clone(), event_notes);
                     }
+                    events.push(event);
                     i
                 }
             };
@@ -116,10 +122,6 @@ impl Source {
                 Err(reason) => reject(event, reason),
             }
         }
-        let mut reports: HashMap<String, Vec<Note>> = notes
-            .into_iter()
-            .map(|(i, n)| (events[i].id.clone(), n))
-            .collect();
         for event in &events {
             if let Some(reason) = &event.rejected {
                 reports
@@ -136,13 +138,13 @@ impl Source {
     /// forgets events whose problems are gone so a recurrence is reported again.
     fn report(&self, current: HashMap<String, Vec<Note>>, null_ids: usize) {
         let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-        reported.retain(|id, _| current.contains_key(id));
+        reported.events.retain(|id, _| current.contains_key(id));
         for (id, notes) in current {
             let signature: String = notes
                 .iter()
                 .map(|n| format!("{}:{};", n.column, n.problem))
                 .collect();
-            if reported.get(&id) == Some(&signature) {
+            if reported.events.get(&id) == Some(&signature) {
                 continue;
             }
             for note in &notes {
@@ -150,13 +152,9 @@ impl Source {
                     .increment(1);
                 tracing::warn!(event = %id, column = note.column, problem = note.problem, detail = %note.detail, "active-events row");
             }
-            reported.insert(id, signature);
+            reported.events.insert(id, signature);
         }
-        let mut null_ids_reported = self
-            .null_ids_reported
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if null_ids > 0 && !*null_ids_reported {
+        if null_ids > 0 && !reported.null_ids {
             counter!(m::SOURCE_VALUE_PROBLEMS, "column" => "event_id", "problem" => "null")
                 .increment(null_ids as u64);
             tracing::warn!(
@@ -164,7 +162,7 @@ impl Source {
                 "active-events query returned rows with a NULL or unreadable event_id; they are skipped"
             );
         }
-        *null_ids_reported = null_ids > 0;
+        reported.null_ids = null_ids > 0;
     }
 }
 
@@ -253,10 +251,10 @@ fn reject(event: &mut EventInput, reason: Unusable) {
 
 fn add_outcome(event: &mut EventInput, outcome: OutcomeInput) {
     if event.outcomes.len() >= MAX_OUTCOMES {
-        if !matches!(event.rejected, Some(Unusable::TooManyOutcomes(_))) {
-            event.rejected = Some(Unusable::TooManyOutcomes(event.outcomes.len() + 1));
-        } else if let Some(Unusable::TooManyOutcomes(n)) = &mut event.rejected {
-            *n += 1;
+        // Counts every outcome past the cap; it outranks an earlier reason.
+        match &mut event.rejected {
+            Some(Unusable::TooManyOutcomes(n)) => *n += 1,
+            other => *other = Some(Unusable::TooManyOutcomes(MAX_OUTCOMES + 1)),
         }
         return;
     }
@@ -267,21 +265,36 @@ fn add_outcome(event: &mut EventInput, outcome: OutcomeInput) {
     event.outcomes.push(outcome);
 }
 
-/// A text value cut to [`MAX_TEXT_BYTES`] at a character boundary.
+/// The longest prefix of `text` within [`MAX_TEXT_BYTES`] that ends on a character boundary.
+fn cut(text: &str) -> &str {
+    let mut end = text.len().min(MAX_TEXT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A text value cut to [`MAX_TEXT_BYTES`], noted when it was longer.
 fn bounded(text: Cow<'_, str>, column: &'static str, notes: &mut Vec<Note>) -> String {
     if text.len() <= MAX_TEXT_BYTES {
         return text.into_owned();
     }
-    let mut end = MAX_TEXT_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let kept = cut(&text);
     notes.push(Note {
         column,
         problem: "truncated",
-        detail: format!("{} bytes cut to {end}", text.len()),
+        detail: format!("{} bytes cut to {}", text.len(), kept.len()),
     });
-    text[..end].to_string()
+    kept.to_string()
+}
+
+/// An id or outcome name longer than [`MAX_TEXT_BYTES`] cannot be shortened without risking
+/// a clash with another one: its event is suspended.
+fn too_long(column: &'static str) -> Unusable {
+    Unusable::BadValue {
+        column,
+        detail: format!("longer than {MAX_TEXT_BYTES} bytes"),
+    }
 }
 
 fn event_from_row(row: &PgRow, id: &str, notes: &mut Vec<Note>) -> anyhow::Result<EventInput> {
@@ -344,16 +357,11 @@ fn event_from_row(row: &PgRow, id: &str, notes: &mut Vec<Note>) -> anyhow::Resul
             None
         }
     };
-    let mut id_notes = Vec::new();
-    let id = bounded(Cow::Borrowed(id), "event_id", &mut id_notes);
-    if !id_notes.is_empty() {
-        first_bad(Unusable::BadValue {
-            column: "event_id",
-            detail: format!("longer than {MAX_TEXT_BYTES} bytes"),
-        });
+    if id.len() > MAX_TEXT_BYTES {
+        first_bad(too_long("event_id"));
     }
     Ok(EventInput {
-        id,
+        id: cut(id).to_string(),
         title,
         sport,
         league,
@@ -377,12 +385,7 @@ fn event_from_row(row: &PgRow, id: &str, notes: &mut Vec<Note>) -> anyhow::Resul
 fn outcome_from_row(row: &PgRow) -> anyhow::Result<Result<Option<OutcomeInput>, Unusable>> {
     let name = match value(decode::text(row, "outcome_name"))? {
         Ok(Some(name)) if name.len() <= MAX_TEXT_BYTES => name.into_owned(),
-        Ok(Some(_)) => {
-            return Ok(Err(Unusable::BadValue {
-                column: "outcome_name",
-                detail: format!("longer than {MAX_TEXT_BYTES} bytes"),
-            }));
-        }
+        Ok(Some(_)) => return Ok(Err(too_long("outcome_name"))),
         Ok(None) => return Ok(Ok(None)),
         Err(reason) => return Ok(Err(reason)),
     };

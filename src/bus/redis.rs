@@ -230,17 +230,10 @@ impl OddsBus {
         let mut pipe = redis::pipe();
         pipe.atomic();
         if rewrite_all {
-            // Lost, never-written or replaced state: write the book plus this message.
-            let next = match outgoing {
-                Outgoing::Odds { delta, .. } => {
-                    let mut next = book.clone();
-                    next.apply(delta.clone());
-                    std::borrow::Cow::Owned(next)
-                }
-                Outgoing::Heartbeat => std::borrow::Cow::Borrowed(book),
-            };
-            self.write_whole(&mut pipe, &next)?;
-        } else if let Outgoing::Odds { delta, .. } = outgoing {
+            // Lost, never-written or replaced state: the book first, this message on top.
+            self.write_whole(&mut pipe, book)?;
+        }
+        if let Outgoing::Odds { delta, .. } = outgoing {
             self.write_delta(&mut pipe, book, delta, forgotten)?;
         }
         if rewrite_all || matches!(outgoing, Outgoing::Odds { .. }) {

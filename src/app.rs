@@ -1,7 +1,6 @@
 //! Wiring: builds the pieces a subcommand needs, binds the listener, runs until SIGTERM or
 //! Ctrl-C, then shuts down within `SHUTDOWN_TIMEOUT_MS`.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -13,6 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use crate::broadcaster::auth::Verifier;
+use crate::broadcaster::inbox::InboxLimits;
+use crate::broadcaster::outbox::OutboxLimits;
 use crate::broadcaster::relay::Relay;
 use crate::broadcaster::rooms::HubLimits;
 use crate::broadcaster::{Admission, BroadcasterState, Hub, SessionContext, SessionLimits};
@@ -21,7 +22,7 @@ use crate::publisher::control::{self, ControlState};
 use crate::publisher::scheduler::listen_for_changes;
 use crate::publisher::{Leader, PublisherHandle, Scheduler, Source};
 use crate::supervisor::{Faults, Supervisor};
-use crate::{bus, db, http, sim, telemetry};
+use crate::{bus, db, http, net, sim, telemetry};
 
 /// Which halves of the service this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +147,7 @@ fn shutdown_signal() -> CancellationToken {
 /// Builds the broadcaster: hub, relay task, and the state of its routes.
 fn broadcaster(
     config: &Config,
+    max_connections: usize,
     cancel: CancellationToken,
     tracker: TaskTracker,
     supervisor: &Supervisor,
@@ -167,18 +169,29 @@ fn broadcaster(
             .collect(),
         heartbeat: config.heartbeat_interval(),
         connected: relay_connected.clone(),
+        inbox: InboxLimits {
+            messages: 100_000,
+            bytes: config.relay_queue_bytes,
+            bridged_max_bytes: config.bridged_max_bytes,
+        },
     };
     supervisor.spawn("relay", true, move |cancel| relay.clone().run(cancel));
     let sessions = Arc::new(SessionContext {
         hub: hub.clone(),
-        verifier: Verifier::new(config.jwt_secret.as_deref()),
+        verifier: Verifier::new(config.jwt_secret.as_deref(), config.jwt_max_lifetime_secs),
         limits: SessionLimits {
             max_rooms: config.max_rooms_per_connection,
             messages_per_minute: config.client_messages_per_minute,
             max_message_bytes: config.max_client_message_bytes,
-            send_queue: config.send_queue_frames,
+            send: OutboxLimits {
+                frames: config.send_queue_frames,
+                bytes: config.send_buffer_bytes,
+            },
             ping_interval: Duration::from_millis(config.ws_ping_interval_ms),
             pong_timeout: Duration::from_millis(config.ws_pong_timeout_ms),
+            write_timeout: Duration::from_millis(config.ws_write_timeout_ms),
+            close_timeout: Duration::from_millis(config.ws_close_timeout_ms),
+            hard_frame_limit: config.max_client_message_bytes.saturating_mul(16),
         },
         bridged_channels: config
             .bridged_channels
@@ -193,9 +206,10 @@ fn broadcaster(
             .cloned()
             .collect(),
         shutdown: cancel,
+        faults: supervisor.faults(),
     });
     let admission = Arc::new(Admission::new(
-        config.max_connections,
+        max_connections,
         config.max_connections_per_ip,
         config
             .allowed_origins
@@ -203,7 +217,6 @@ fn broadcaster(
             .filter(|o| !o.is_empty())
             .cloned()
             .collect(),
-        config.max_client_message_bytes.saturating_mul(16),
     ));
     let node = format!("{:04x}", rand::random::<u16>());
     let state = BroadcasterState {
@@ -299,14 +312,39 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
             handle: handle.clone(),
             autostart: config.publisher_autostart,
             tasks: supervisor.tasks(),
+            known: Default::default(),
         }));
         publisher_handle = Some(handle);
     }
 
+    let trusted =
+        Arc::new(net::TrustedProxies::parse(&config.trusted_proxies).map_err(anyhow::Error::msg)?);
+    let http_limits = config.http_limits();
     let mut broadcaster_health = None;
     if roles.broadcaster {
         config.validate_broadcaster()?;
-        let (state, health) = broadcaster(&config, cancel.clone(), tracker.clone(), &supervisor);
+        let open_files = net::open_files::raise_limit();
+        let max_connections = net::open_files::fit_connections(
+            config.max_connections,
+            http_limits.max_pending,
+            open_files,
+        );
+        if max_connections < config.max_connections {
+            tracing::warn!(
+                open_files,
+                max_connections = config.max_connections,
+                max_pending_connections = http_limits.max_pending,
+                serving_at_most = max_connections,
+                "the open-files limit is too low for MAX_CONNECTIONS; raise it (ulimit -n, LimitNOFILE) or lower MAX_CONNECTIONS"
+            );
+        }
+        let (state, health) = broadcaster(
+            &config,
+            max_connections,
+            cancel.clone(),
+            tracker.clone(),
+            &supervisor,
+        );
         router = router.merge(crate::broadcaster::router(state));
         broadcaster_health = Some(health);
     }
@@ -326,6 +364,7 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     if roles.broadcaster {
         telemetry::register_broadcaster_metrics();
     }
+    telemetry::register_http_metrics();
     let (probe_pool, probe_redis) = (pool.as_ref().map(|(p, _)| p.clone()), health_redis.clone());
     supervisor.spawn("probe", false, move |cancel| {
         http::probe_dependencies(
@@ -351,49 +390,24 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         broadcaster: broadcaster_health,
     }));
 
-    let listener = std::net::TcpListener::bind(config.listen_addr)
+    let backlog = config
+        .listen_backlog
+        .unwrap_or_else(net::listener::system_backlog);
+    let listener = net::listener::bind(config.listen_addr, backlog)
         .with_context(|| format!("Failed to listen on {}", config.listen_addr))?;
-    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let app = router.into_make_service_with_connect_info::<SocketAddr>();
-    let server = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .with_context(|| {
-                    format!(
-                        "Failed to load TLS_CERT {} / TLS_KEY {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-            let handle = axum_server::Handle::new();
-            let server =
-                axum_server::tls_rustls::from_tcp_rustls(listener, tls)?.handle(handle.clone());
-            let server_cancel = cancel.clone();
-            let grace = config.shutdown_timeout();
-            tokio::spawn(async move {
-                server_cancel.cancelled().await;
-                handle.graceful_shutdown(Some(grace));
-            });
-            tracker.spawn(async move {
-                if let Err(e) = server.serve(app).await {
-                    tracing::error!(error = %e, "HTTPS server failed");
-                }
-            })
-        }
-        _ => {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            let server_cancel = cancel.clone();
-            let server = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { server_cancel.cancelled().await });
-            tracker.spawn(async move {
-                if let Err(e) = server.await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            })
-        }
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(net::tls::acceptor(cert, key)?),
+        _ => None,
     };
+    let server = net::listener::HttpServer {
+        listener,
+        tls,
+        router,
+        limits: http_limits,
+        trusted,
+    };
+    let server = tracker.spawn(server.run(cancel.clone(), tracker.clone()));
     tracing::info!(
         %addr,
         tls = config.tls_cert.is_some(),
@@ -401,6 +415,7 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         publisher = roles.publisher,
         broadcaster = roles.broadcaster,
         simulator = roles.simulator,
+        backlog,
         "listening"
     );
     tracker.close();

@@ -185,11 +185,13 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
-    /// Most WebSocket connections this process holds.
+    /// Most WebSocket connections this process holds (lowered at start, with a warning, to
+    /// what the open-files limit leaves room for).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, global = true)]
     pub max_connections: usize,
 
-    /// Most WebSocket connections from one IP address.
+    /// Most WebSocket connections from one client address (the address a trusted proxy
+    /// names, see TRUSTED_PROXIES).
     #[arg(
         long,
         env = "MAX_CONNECTIONS_PER_IP",
@@ -228,6 +230,74 @@ pub struct Config {
     /// Frames queued per connection; a client that lets it fill is closed with 1013.
     #[arg(long, env = "SEND_QUEUE_FRAMES", default_value_t = 1024, global = true)]
     pub send_queue_frames: usize,
+
+    /// Bytes queued or being written per connection; a client that lets it fill is closed
+    /// with 1013. Must exceed REPLAY_BUFFER_BYTES; a snapshot bigger than this still goes to a
+    /// client that has nothing else queued.
+    #[arg(long, env = "SEND_BUFFER_BYTES", default_value_t = 8 * 1024 * 1024, global = true)]
+    pub send_buffer_bytes: usize,
+
+    /// A WebSocket write that moves no byte for this many milliseconds ends the connection
+    /// (a client that stopped reading).
+    #[arg(long, env = "WS_WRITE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..), global = true)]
+    pub ws_write_timeout_ms: u64,
+
+    /// Milliseconds a client has to answer the server's close frame before the socket is
+    /// closed anyway.
+    #[arg(long, env = "WS_CLOSE_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..), global = true)]
+    pub ws_close_timeout_ms: u64,
+
+    /// Milliseconds a connection may take to send a complete HTTP request head, counted from
+    /// the connect (or the previous response): also the idle timeout of kept-alive HTTP
+    /// connections and the limit of a TLS handshake.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..), global = true)]
+    pub http_header_timeout_ms: u64,
+
+    /// A connection that has not upgraded to WebSocket and moves no byte for this many
+    /// milliseconds is closed (a stalled request body, a response nobody reads).
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..), global = true)]
+    pub http_idle_timeout_ms: u64,
+
+    /// Most connections that have not upgraded to WebSocket (HTTP requests, handshakes in
+    /// progress, silent sockets). A new one over the cap closes the oldest.
+    #[arg(long, env = "MAX_PENDING_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub max_pending_connections: u64,
+
+    /// Listen backlog (connections the kernel queues before they are accepted). Unset: the
+    /// system's maximum, net.core.somaxconn.
+    #[arg(long, env = "LISTEN_BACKLOG", global = true)]
+    pub listen_backlog: Option<u32>,
+
+    /// Reverse proxies whose X-Forwarded-For / Forwarded / X-Real-IP name the client
+    /// (comma-separated addresses or CIDRs, e.g. `127.0.0.1/32,10.0.0.0/8`). Empty: no proxy
+    /// is believed, and any forwarding header makes a request non-local for the control API.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = "",
+        global = true
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Longest a client JWT may still be valid: a token whose `exp` is further ahead is
+    /// refused.
+    #[arg(
+        long,
+        env = "JWT_MAX_LIFETIME_SECS",
+        default_value_t = 86_400,
+        global = true
+    )]
+    pub jwt_max_lifetime_secs: u64,
+
+    /// Largest message on a bridged channel, in bytes; larger ones are dropped and counted.
+    #[arg(long, env = "BRIDGED_MAX_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub bridged_max_bytes: usize,
+
+    /// Bytes of Redis messages the relay may hold before it has handled them. Past it
+    /// messages are dropped and the relay reloads the state instead (clients get a snapshot).
+    #[arg(long, env = "RELAY_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024, global = true)]
+    pub relay_queue_bytes: usize,
 
     /// Milliseconds between WebSocket pings.
     #[arg(
@@ -325,6 +395,15 @@ impl Config {
         Duration::from_millis(self.shutdown_timeout_ms)
     }
 
+    /// The limits on connections that have not upgraded.
+    pub fn http_limits(&self) -> crate::net::listener::HttpLimits {
+        crate::net::listener::HttpLimits {
+            header_timeout: Duration::from_millis(self.http_header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.http_idle_timeout_ms),
+            max_pending: usize::try_from(self.max_pending_connections).unwrap_or(usize::MAX),
+        }
+    }
+
     pub fn sim_interval(&self) -> Duration {
         Duration::from_millis(self.sim_interval_ms)
     }
@@ -373,6 +452,13 @@ impl Config {
             self.max_client_message_bytes >= 64,
             "MAX_CLIENT_MESSAGE_BYTES must be at least 64"
         );
+        anyhow::ensure!(
+            self.send_buffer_bytes > self.replay_buffer_bytes,
+            "SEND_BUFFER_BYTES ({}) must exceed REPLAY_BUFFER_BYTES ({}), or a resume could overflow it",
+            self.send_buffer_bytes,
+            self.replay_buffer_bytes
+        );
+        crate::net::TrustedProxies::parse(&self.trusted_proxies).map_err(anyhow::Error::msg)?;
         Ok(())
     }
 

@@ -100,11 +100,11 @@ pub fn fault_router(faults: crate::supervisor::Faults) -> Router {
             "/debug/panic/{task}",
             axum::routing::post(
                 |State(faults): State<crate::supervisor::Faults>,
-                 axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
-                    std::net::SocketAddr,
+                 axum::extract::Extension(client): axum::extract::Extension<
+                    crate::net::ClientAddr,
                 >,
                  axum::extract::Path(task): axum::extract::Path<String>| async move {
-                    if !peer.ip().to_canonical().is_loopback() {
+                    if !client.is_local() {
                         return StatusCode::FORBIDDEN;
                     }
                     if faults.arm(&task) {

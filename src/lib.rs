@@ -8,7 +8,7 @@
 //!   (WATCH meta; MULTI HSET/HDEL state, HSET meta, PUBLISH sports-odds; EXEC)
 //!   ─▶ broadcaster::relay (copy of the book, seq check, resync from the state keys)
 //!   ─▶ broadcaster::rooms (sport:all, sport:<key>, event:<id>, bridged; shared frames)
-//!   ─▶ broadcaster::session (one task pair per socket, bounded queue)
+//!   ─▶ broadcaster::session (one task per socket: read side, outbox, writer)
 //! ```
 //!
 //! Module map:
@@ -18,8 +18,9 @@
 //! | [`config`] | the one `Config` (clap + env), subcommands, documented defaults |
 //! | [`odds`] | pure domain: [`odds::hybrid`] formula, [`odds::event`] wire types, [`odds::book`] state + diff |
 //! | [`publisher`] | [`publisher::source`] SQL reads grouped by event id, [`publisher::decode`] tolerant column decoding, [`publisher::scheduler`] tick loop, [`publisher::leader`] advisory lock, [`publisher::control`] HTTP start/stop/status |
-//! | [`broadcaster`] | [`broadcaster::relay`] Redis → hub, [`broadcaster::rooms`] hub and fan-out, [`broadcaster::session`] one socket, [`broadcaster::protocol`] messages, [`broadcaster::auth`] JWT; also serves the odds board (`web/board.html`) at `/` |
+//! | [`broadcaster`] | [`broadcaster::relay`] Redis → hub, [`broadcaster::inbox`] its bounded queue, [`broadcaster::rooms`] hub and fan-out, [`broadcaster::admission`] caps, [`broadcaster::upgrade`] handshake, [`broadcaster::session`] one connection's life, [`broadcaster::outbox`] bounded send queue, [`broadcaster::writer`] socket writes and deadlines, [`broadcaster::frame`] encoded frames, [`broadcaster::protocol`] messages, [`broadcaster::auth`] JWT; also serves the odds board (`web/board.html`) at `/` |
 //! | [`bus`] | [`bus::redis`]: fenced MULTI/EXEC publish with the state keys, heartbeats, state loading |
+//! | [`net`] | [`net::listener`] accept loop and the life of a connection before it upgrades (timeouts, pending cap, backlog, TLS), [`net::client_addr`] client address behind trusted proxies, [`net::open_files`] descriptor limit, [`net::tls`] certificates |
 //! | [`http`] | `/health`, `/metrics`, the dependency probe, the HTTP error type |
 //! | [`db`] | PostgreSQL connect options, lazy pool, migrations |
 //! | [`telemetry`] | tracing setup, Prometheus recorder, every metric name |
@@ -33,6 +34,7 @@ pub mod bus;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod net;
 pub mod odds;
 pub mod publisher;
 pub mod sim;

@@ -124,6 +124,13 @@ impl Faults {
             .clone()
     }
 
+    /// Consumes an armed fault for `name` without waiting: true once per `arm`. For code that
+    /// is not a supervised task (a WebSocket session) and checks at a point of its choosing.
+    pub fn take(&self, name: &str) -> bool {
+        use futures_util::FutureExt;
+        self.enabled && self.trigger(name).notified().now_or_never().is_some()
+    }
+
     /// Makes the named task panic at its next poll. Returns false when injection is disabled.
     pub fn arm(&self, task: &str) -> bool {
         if !self.enabled {

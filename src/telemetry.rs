@@ -38,12 +38,18 @@ pub const WS_BYTES_SENT: &str = "oddsfeed_ws_sent_bytes_total";
 pub const WS_SLOW_CLIENTS_CLOSED: &str = "oddsfeed_ws_slow_clients_closed_total";
 pub const WS_CLIENT_ERRORS: &str = "oddsfeed_ws_client_errors_total";
 pub const WS_PONG_TIMEOUTS: &str = "oddsfeed_ws_pong_timeouts_total";
+pub const WS_WRITE_TIMEOUTS: &str = "oddsfeed_ws_write_timeouts_total";
+pub const WS_CLOSE_TIMEOUTS: &str = "oddsfeed_ws_close_timeouts_total";
 pub const WS_RESUMES: &str = "oddsfeed_ws_resumes_total";
 pub const RELAY_LATENCY: &str = "oddsfeed_relay_receive_latency_seconds";
 pub const DELIVERY_LATENCY: &str = "oddsfeed_delivery_latency_seconds";
 pub const BROWSER_LATENCY: &str = "oddsfeed_browser_latency_seconds";
 pub const RELAY_RESYNCS: &str = "oddsfeed_relay_resyncs_total";
 pub const RELAY_DROPPED: &str = "oddsfeed_relay_dropped_messages_total";
+// The HTTP edge (every mode).
+pub const HTTP_ACCEPT_ERRORS: &str = "oddsfeed_http_accept_errors_total";
+pub const HTTP_CONNECTIONS_CLOSED: &str = "oddsfeed_http_connections_closed_total";
+pub const HTTP_PENDING_CONNECTIONS: &str = "oddsfeed_http_pending_connections";
 // Shared.
 pub const ERRORS: &str = "oddsfeed_errors_total";
 pub const DEPENDENCY_UP: &str = "oddsfeed_dependency_up";
@@ -145,6 +151,26 @@ pub fn register_publisher_metrics() {
     }
 }
 
+/// The HTTP edge's series, in every mode.
+pub fn register_http_metrics() {
+    for kind in ["emfile", "enfile", "out_of_memory", "other"] {
+        metrics::counter!(HTTP_ACCEPT_ERRORS, "kind" => kind).increment(0);
+    }
+    for reason in HTTP_CLOSE_REASONS {
+        metrics::counter!(HTTP_CONNECTIONS_CLOSED, "reason" => *reason).increment(0);
+    }
+    metrics::gauge!(HTTP_PENDING_CONNECTIONS).set(0.0);
+}
+
+/// Why the server closed a connection that had not upgraded.
+pub const HTTP_CLOSE_REASONS: &[&str] = &[
+    "header_timeout",
+    "idle_timeout",
+    "evicted",
+    "tls_handshake_failed",
+    "tls_handshake_timeout",
+];
+
 /// The broadcaster's counterpart of [`register_publisher_metrics`].
 pub fn register_broadcaster_metrics() {
     metrics::counter!(ERRORS, "kind" => "relay").increment(0);
@@ -160,6 +186,8 @@ pub fn register_broadcaster_metrics() {
         "too_many_rooms",
         "too_large",
         "frame_too_big",
+        "invalid_utf8",
+        "protocol_error",
     ] {
         metrics::counter!(WS_CLIENT_ERRORS, "code" => code).increment(0);
     }
@@ -173,17 +201,27 @@ pub fn register_broadcaster_metrics() {
     for result in ["current", "replayed", "snapshot"] {
         metrics::counter!(WS_RESUMES, "result" => result).increment(0);
     }
-    for reason in ["connect", "gap", "heartbeat"] {
+    for reason in ["connect", "gap", "heartbeat", "overflow"] {
         metrics::counter!(RELAY_RESYNCS, "reason" => reason).increment(0);
     }
-    for reason in ["malformed", "not_text", "bridged_not_json_object"] {
+    for reason in [
+        "malformed",
+        "not_text",
+        "bridged_not_json_object",
+        "bridged_too_large",
+        "relay_queue_full",
+    ] {
         metrics::counter!(RELAY_DROPPED, "reason" => reason).increment(0);
+    }
+    for limit in ["frames", "bytes"] {
+        metrics::counter!(WS_SLOW_CLIENTS_CLOSED, "limit" => limit).increment(0);
     }
     for name in [
         WS_CONNECTIONS_TOTAL,
         WS_BYTES_SENT,
-        WS_SLOW_CLIENTS_CLOSED,
         WS_PONG_TIMEOUTS,
+        WS_WRITE_TIMEOUTS,
+        WS_CLOSE_TIMEOUTS,
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -289,6 +327,107 @@ fn describe() {
         TASK_UP,
         Unit::Count,
         "1 while the supervised task runs, 0 while it waits to be restarted, by task."
+    );
+    for (name, unit, help) in [
+        (
+            WS_CONNECTIONS_TOTAL,
+            Unit::Count,
+            "WebSocket connections accepted.",
+        ),
+        (
+            WS_REJECTED_CONNECTIONS,
+            Unit::Count,
+            "WebSocket upgrades refused, by reason (caps, origin).",
+        ),
+        (
+            WS_MESSAGES_SENT,
+            Unit::Count,
+            "Frames queued to clients, by kind (all, sport, event, bridged, reply).",
+        ),
+        (
+            WS_BYTES_SENT,
+            Unit::Bytes,
+            "Bytes of room frames queued to clients.",
+        ),
+        (
+            WS_SLOW_CLIENTS_CLOSED,
+            Unit::Count,
+            "Clients closed with 1013 because their send queue (frames) or buffer (bytes) was full, by limit.",
+        ),
+        (
+            WS_CLIENT_ERRORS,
+            Unit::Count,
+            "Client mistakes answered with an error or a close, by code.",
+        ),
+        (
+            WS_PONG_TIMEOUTS,
+            Unit::Count,
+            "Connections closed because no pong came within WS_PONG_TIMEOUT_MS.",
+        ),
+        (
+            WS_WRITE_TIMEOUTS,
+            Unit::Count,
+            "Connections dropped because a write moved no byte for WS_WRITE_TIMEOUT_MS.",
+        ),
+        (
+            WS_CLOSE_TIMEOUTS,
+            Unit::Count,
+            "Connections dropped because the client did not finish the close handshake within WS_CLOSE_TIMEOUT_MS.",
+        ),
+        (
+            WS_RESUMES,
+            Unit::Count,
+            "Resume requests, by result (current, replayed, snapshot).",
+        ),
+        (
+            RELAY_RESYNCS,
+            Unit::Count,
+            "Times the relay reloaded the state from Redis, by reason.",
+        ),
+        (
+            RELAY_DROPPED,
+            Unit::Count,
+            "Redis messages the relay dropped, by reason.",
+        ),
+        (
+            HTTP_ACCEPT_ERRORS,
+            Unit::Count,
+            "accept() failures by kind (emfile, enfile, out_of_memory, other); the listener backs off.",
+        ),
+        (
+            HTTP_CONNECTIONS_CLOSED,
+            Unit::Count,
+            "Connections that never upgraded, closed by the server, by reason (header_timeout, idle_timeout, evicted, tls_...).",
+        ),
+    ] {
+        describe_counter!(name, unit, help);
+    }
+    describe_gauge!(WS_CONNECTIONS, Unit::Count, "Open WebSocket connections.");
+    describe_gauge!(WS_ROOMS, Unit::Count, "Rooms with at least one member.");
+    describe_gauge!(
+        WS_SUBSCRIPTIONS,
+        Unit::Count,
+        "Room memberships over all connections."
+    );
+    describe_gauge!(
+        HTTP_PENDING_CONNECTIONS,
+        Unit::Count,
+        "Connections that have not upgraded to WebSocket (capped by MAX_PENDING_CONNECTIONS)."
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "publishedAt to the frame written to the socket, by room kind."
+    );
+    describe_histogram!(
+        RELAY_LATENCY,
+        Unit::Seconds,
+        "publishedAt to the broadcaster receiving the message from Redis."
+    );
+    describe_histogram!(
+        BROWSER_LATENCY,
+        Unit::Seconds,
+        "Latency reported by browsers (latency messages)."
     );
     describe_gauge!(
         BUILD_INFO,

@@ -173,3 +173,43 @@ async fn control_answers_503_when_postgres_is_unreachable() {
     assert_eq!(health["redis"]["status"], "up");
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_answers_at_once_while_postgres_does_not_answer() {
+    // A "PostgreSQL" that accepts connections and never says a word, like a server behind a
+    // partition: every query waits until its timeout.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = blackhole.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let db = TestDb::new().await;
+    let (mut env, _) = publisher_env(&db, &redis_url());
+    env.retain(|(k, _)| *k != "DATABASE_URL");
+    env.push((
+        "DATABASE_URL",
+        format!("postgres://postgres@127.0.0.1:{port}/nothing"),
+    ));
+    let server = Server::start(&["publisher"], &env).await;
+    for attempt in 0..3 {
+        let started = std::time::Instant::now();
+        let (code, body) = call(&server, reqwest::Method::GET, &[]).await;
+        let took = started.elapsed();
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            body["status"], "running",
+            "autostart is the last known state"
+        );
+        assert_eq!(body["isPublishing"], false);
+        // Before: 3 s (the pool's acquire timeout) on every call.
+        assert!(
+            took < Duration::from_millis(1500),
+            "GET #{attempt} took {took:?}"
+        );
+    }
+    held.abort();
+    db.drop_db().await;
+}

@@ -1,5 +1,7 @@
 //! Client authentication: HS256 JWTs signed with `JWT_SECRET`, with claims `sub` (required),
-//! `role` (optional) and `exp` (required, checked with 5 s leeway).
+//! `role` (optional), `exp` (required) and `nbf` (optional), both checked with 5 s leeway.
+//! A token whose `exp` lies further ahead than `JWT_MAX_LIFETIME_SECS` is refused: a leaked
+//! token must not open private rooms for years. All time arithmetic saturates.
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::{Deserialize, Serialize};
@@ -29,24 +31,31 @@ impl Identity {
     }
 }
 
+/// Seconds of clock skew allowed on `exp` and `nbf`.
+const LEEWAY: u64 = 5;
+
 /// Verifies tokens. Without a secret every token is refused.
 #[derive(Clone)]
 pub struct Verifier {
     /// `None` when `JWT_SECRET` is unset.
     key: Option<DecodingKey>,
     validation: Validation,
+    /// Longest time ahead an `exp` may lie, in seconds.
+    max_lifetime: u64,
 }
 
 impl Verifier {
-    pub fn new(secret: Option<&str>) -> Self {
+    pub fn new(secret: Option<&str>, max_lifetime_secs: u64) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             key: secret
                 .filter(|s| !s.is_empty())
                 .map(|s| DecodingKey::from_secret(s.as_bytes())),
             validation,
+            max_lifetime: max_lifetime_secs,
         }
     }
 
@@ -62,10 +71,22 @@ impl Verifier {
             jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                 "invalid token signature".to_string()
             }
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                "token not valid yet (nbf is in the future)".to_string()
+            }
             _ => format!("invalid token: {e}"),
         })?;
         if data.claims.sub.is_empty() {
             return Err("invalid token: empty sub".into());
+        }
+        let latest = jsonwebtoken::get_current_timestamp()
+            .saturating_add(self.max_lifetime)
+            .saturating_add(LEEWAY);
+        if data.claims.exp > latest {
+            return Err(format!(
+                "token lives too long: exp is more than {} s ahead (JWT_MAX_LIFETIME_SECS)",
+                self.max_lifetime
+            ));
         }
         Ok(Identity {
             sub: data.claims.sub,
@@ -75,8 +96,21 @@ impl Verifier {
     }
 }
 
-/// Signs a token (tests, benchmarks and operators' tooling).
+/// Signs a token (tests, benchmarks and operators' tooling). `nbf`, when wanted, goes
+/// through [`sign_value`].
 pub fn sign(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// Signs arbitrary claims, for tests of claims [`Claims`] cannot express.
+pub fn sign_value(
+    secret: &str,
+    claims: &serde_json::Value,
+) -> Result<String, jsonwebtoken::errors::Error> {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),
         claims,
@@ -87,6 +121,39 @@ pub fn sign(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::error
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn far_future_expiry_and_future_nbf_are_refused() {
+        let verifier = Verifier::new(Some("k"), 3600);
+        let forever = sign_value("k", &json!({"sub": "u1", "exp": u64::MAX})).unwrap();
+        let err = verifier.verify(&forever).unwrap_err();
+        assert!(err.contains("lives too long"), "{err}");
+        let two_hours = sign_value("k", &json!({"sub": "u1", "exp": now() + 7200})).unwrap();
+        assert!(verifier.verify(&two_hours).is_err());
+        let hour = sign_value("k", &json!({"sub": "u1", "exp": now() + 3500})).unwrap();
+        assert!(verifier.verify(&hour).is_ok());
+        let later = sign_value(
+            "k",
+            &json!({"sub": "u1", "exp": now() + 600, "nbf": now() + 300}),
+        )
+        .unwrap();
+        assert_eq!(
+            verifier.verify(&later).unwrap_err(),
+            "token not valid yet (nbf is in the future)"
+        );
+        let started = sign_value(
+            "k",
+            &json!({"sub": "u1", "exp": now() + 600, "nbf": now() - 10}),
+        )
+        .unwrap();
+        assert!(verifier.verify(&started).is_ok());
+        let max_lifetime = Verifier::new(Some("k"), u64::MAX);
+        assert!(
+            max_lifetime.verify(&forever).is_ok(),
+            "saturating: no overflow with the largest lifetime"
+        );
+    }
 
     fn now() -> u64 {
         jsonwebtoken::get_current_timestamp()
@@ -94,7 +161,7 @@ mod tests {
 
     #[test]
     fn valid_expired_forged_and_unconfigured() {
-        let verifier = Verifier::new(Some("s3cret"));
+        let verifier = Verifier::new(Some("s3cret"), 86_400);
         let claims = Claims {
             sub: "u1".into(),
             role: Some("admin".into()),
@@ -120,7 +187,7 @@ mod tests {
             "invalid token signature"
         );
         assert!(verifier.verify("garbage").is_err());
-        assert!(Verifier::new(None).verify(&token).is_err());
+        assert!(Verifier::new(None, 86_400).verify(&token).is_err());
         let no_role = sign(
             "s3cret",
             &Claims {

@@ -2,128 +2,50 @@
 //!
 //! - [`relay`]: subscribes to the odds and bridged channels, keeps the hub's book in step,
 //!   heals gaps from the Redis state keys, detects a silent publisher.
+//! - [`inbox`]: the relay's bounded inbound queue (overflow → reload, not unbounded memory).
 //! - [`rooms`]: the hub: book, rooms, seqs, replay buffers, fan-out of shared frames.
-//! - [`session`]: one socket: read loop with limits, write loop with pings and close codes.
+//! - [`admission`]: connection caps (total, per client address) and the Origin allow-list.
+//! - [`upgrade`]: the WebSocket handshake, handing the raw connection to the session.
+//! - [`session`]: one connection's life: read side with limits and close codes, guards that
+//!   release everything however it ends.
+//! - [`outbox`]: a session's send queue, bounded in frames and bytes (over it: 1013).
+//! - [`writer`]: a session's write side: vectored writes of shared frames, pings, deadlines.
+//! - [`frame`]: server frames encoded once, header included, shared by every member.
 //! - [`protocol`]: client and server messages.
 //! - [`room_name`]: odds room names parsed into a type (`sport:all`, `sport:<key>`, `event:<id>`).
 //! - [`auth`]: HS256 JWT verification.
 
+pub mod admission;
 pub mod auth;
+pub mod frame;
+pub mod inbox;
+pub mod outbox;
 pub mod protocol;
 pub mod relay;
 pub mod room_name;
 pub mod rooms;
 pub mod session;
+pub mod upgrade;
+pub mod writer;
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics::{counter, gauge};
+use metrics::counter;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
+use crate::net::ClientAddr;
 use crate::telemetry as m;
+pub use admission::Admission;
 pub use rooms::Hub;
 pub use session::{SessionContext, SessionLimits};
-
-/// Connection admission: total and per-IP caps, and the Origin allow-list.
-pub struct Admission {
-    pub max_connections: usize,
-    pub max_connections_per_ip: usize,
-    /// Exact origins allowed (`https://app.example.com`); empty allows any.
-    pub allowed_origins: Vec<String>,
-    /// Largest frame accepted at all; above it the connection is closed with 1009. Messages
-    /// between `max_message_bytes` and this get a `too_large` error and the connection stays.
-    pub hard_frame_limit: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
-    total: std::sync::atomic::AtomicUsize,
-}
-
-impl Admission {
-    pub fn new(
-        max_connections: usize,
-        max_connections_per_ip: usize,
-        allowed_origins: Vec<String>,
-        hard_frame_limit: usize,
-    ) -> Self {
-        Self {
-            max_connections,
-            max_connections_per_ip,
-            allowed_origins,
-            hard_frame_limit,
-            open: Mutex::new(HashMap::new()),
-            total: Default::default(),
-        }
-    }
-
-    fn admit(
-        self: &Arc<Self>,
-        ip: IpAddr,
-    ) -> Result<ConnectionGuard, (StatusCode, &'static str, String)> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if self.total.load(Ordering::SeqCst) >= self.max_connections {
-            return Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_connections",
-                format!(
-                    "the server holds its maximum of {} connections",
-                    self.max_connections
-                ),
-            ));
-        }
-        let count = open.entry(ip).or_insert(0);
-        if *count >= self.max_connections_per_ip {
-            return Err((
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_connections_from_address",
-                format!(
-                    "at most {} connections per address",
-                    self.max_connections_per_ip
-                ),
-            ));
-        }
-        *count += 1;
-        self.total.fetch_add(1, Ordering::SeqCst);
-        gauge!(m::WS_CONNECTIONS).increment(1.0);
-        Ok(ConnectionGuard {
-            admission: self.clone(),
-            ip,
-        })
-    }
-}
-
-/// Releases a connection's place when the session ends, however it ends.
-pub struct ConnectionGuard {
-    admission: Arc<Admission>,
-    ip: IpAddr,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        let mut open = self
-            .admission
-            .open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-        self.admission.total.fetch_sub(1, Ordering::SeqCst);
-        gauge!(m::WS_CONNECTIONS).decrement(1.0);
-    }
-}
 
 /// What the WebSocket routes share.
 #[derive(Clone)]
@@ -177,16 +99,16 @@ fn refuse(status: StatusCode, code: &str, message: String) -> Response {
 
 async fn upgrade(
     State(state): State<BroadcasterState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(client): Extension<ClientAddr>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<upgrade::WsRequest, upgrade::NotWebSocket>,
 ) -> Response {
     let ws = match ws {
         Ok(ws) => ws,
         // A plain GET of / is a browser: the odds board.
-        Err(_) if uri.path() == "/" => {
+        Err(_) if uri.path() == "/" && !headers.contains_key(header::UPGRADE) => {
             return (
                 [
                     (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -196,16 +118,7 @@ async fn upgrade(
             )
                 .into_response();
         }
-        Err(rejection) => {
-            return (
-                StatusCode::UPGRADE_REQUIRED,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                format!(
-                    "oddsfeed WebSocket endpoint: connect with a WebSocket client to ws://<host>/ws ({rejection})\n"
-                ),
-            )
-                .into_response();
-        }
+        Err(rejection) => return rejection.into_response(),
     };
     if !state.admission.allowed_origins.is_empty()
         && let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
@@ -217,25 +130,24 @@ async fn upgrade(
             format!("origin {origin} is not allowed"),
         );
     }
-    let guard = match state.admission.admit(peer.ip().to_canonical()) {
+    let guard = match state.admission.admit(client.ip) {
         Ok(guard) => guard,
         Err((status, code, message)) => return refuse(status, code, message),
     };
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     let client_id = format!("{}-{id}", state.node);
     let sessions = state.sessions.clone();
-    let tracker = state.tracker.clone();
-    let hard_limit = state.admission.hard_frame_limit;
-    // Client messages are small: an 8 KiB read buffer instead of tungstenite's 128 KiB default
-    // is most of the difference between ~180 KiB and ~60 KiB per connection (BENCHMARKS.md).
-    ws.read_buffer_size(8 * 1024)
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                tracing::debug!(client = %client_id, %peer, "connected");
-                session::run(socket, sessions, id, client_id, query.token).await;
-                drop(guard);
-            })
-        })
+    let (response, upgraded) = ws.accept(sessions.limits.close_timeout);
+    state.tracker.spawn(async move {
+        // Held for the session's life: dropped (the place given back) however it ends.
+        let _guard = guard;
+        match upgraded.await {
+            Ok((stream, leftover)) => {
+                tracing::debug!(client = %client_id, ip = %client.ip, peer = %client.peer, "connected");
+                session::run(stream, leftover, sessions, id, client_id, query.token).await;
+            }
+            Err(e) => tracing::debug!(client = %client_id, error = %e, "upgrade did not complete"),
+        }
+    });
+    response
 }

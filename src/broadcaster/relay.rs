@@ -6,15 +6,20 @@
 //! state (its seq is not above the book's: ignored) or the next one (applied), so nothing is
 //! lost or applied twice. A seq gap, a new epoch or a heartbeat that is ahead of the book
 //! triggers a reload, after which every odds room whose position changed gets a snapshot.
+//!
+//! Messages arrive over a RESP3 connection (Redis 6 or later) into the bounded
+//! [`Inbox`]: a relay that falls behind drops messages and reloads the state instead of
+//! buffering without limit. When the odds channel is silent for 3 heartbeat intervals the
+//! connection is PINGed, so a Redis that vanished without closing the socket is noticed.
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use metrics::{counter, histogram};
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::inbox::{Inbox, InboxLimits, Received};
 use super::rooms::{Applied, Hub};
 use crate::bus::{StateKeys, load_state, now_ms};
 use crate::odds::ChannelMessage;
@@ -33,6 +38,8 @@ pub struct Relay {
     pub heartbeat: Duration,
     /// Shared with /health: whether the relay is subscribed right now.
     pub connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bounds of the inbound queue and of bridged payloads.
+    pub inbox: InboxLimits,
 }
 
 impl Relay {
@@ -79,9 +86,20 @@ impl Relay {
         last_seen: &mut Instant,
     ) -> anyhow::Result<()> {
         let client = redis::Client::open(self.redis_url.as_str())?;
-        let mut pubsub = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
-            .await
-            .map_err(|_| anyhow::anyhow!("timed out connecting to Redis"))??;
+        let info = client.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(resp3))?;
+        let (mut inbox, sender) = Inbox::new(self.inbox, self.channel.clone());
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_push_sender(sender);
+        let mut pubsub = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
         pubsub.subscribe(&self.channel).await?;
         for channel in &self.bridged {
             pubsub.subscribe(channel).await?;
@@ -93,31 +111,49 @@ impl Relay {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(channel = %self.channel, bridged = ?self.bridged, "relay subscribed");
 
-        let mut stream = pubsub.into_on_message();
         let mut stale_check = tokio::time::interval(Duration::from_millis(250));
+        let mut last_ping = Instant::now();
         loop {
-            tokio::select! {
+            let received = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                _ = stale_check.tick() => self.check_stale(*last_seen),
-                msg = stream.next() => {
-                    let Some(msg) = msg else { anyhow::bail!("the Redis subscription ended") };
-                    let channel = msg.get_channel_name().to_string();
-                    let payload: String = match msg.get_payload() {
-                        Ok(p) => p,
-                        Err(e) => {
-                            counter!(m::RELAY_DROPPED, "reason" => "not_text").increment(1);
-                            tracing::warn!(%channel, error = %e, "dropping a non-text message");
-                            continue;
-                        }
-                    };
-                    if channel == self.channel {
-                        *last_seen = Instant::now();
-                        self.hub.set_publisher_live(true);
-                        self.on_odds_channel(&payload, &mut state_conn, &keys).await?;
-                    } else {
-                        self.on_bridged(&channel, &payload);
+                _ = stale_check.tick() => {
+                    self.check_stale(*last_seen);
+                    if last_seen.elapsed() > self.heartbeat * 3 && last_ping.elapsed() > self.heartbeat {
+                        // Silence: make sure Redis is still there (the response timeout
+                        // bounds the wait).
+                        last_ping = Instant::now();
+                        redis::cmd("PING").query_async::<String>(&mut pubsub).await?;
                     }
+                    continue;
                 }
+                received = inbox.recv() => received,
+            };
+            let msg = match received {
+                Received::Message(msg) => msg,
+                Received::Overflowed => {
+                    tracing::warn!(
+                        "the relay fell behind and dropped messages; reloading the state"
+                    );
+                    self.reload(&mut state_conn, &keys, "overflow").await?;
+                    continue;
+                }
+                Received::Disconnected => anyhow::bail!("the Redis subscription ended"),
+            };
+            let payload = match msg.payload {
+                Ok(p) => p,
+                Err(reason) => {
+                    counter!(m::RELAY_DROPPED, "reason" => reason).increment(1);
+                    tracing::warn!(channel = %msg.channel, "dropping a non-text message");
+                    continue;
+                }
+            };
+            if msg.channel == self.channel {
+                *last_seen = Instant::now();
+                self.hub.set_publisher_live(true);
+                self.on_odds_channel(&payload, &mut state_conn, &keys)
+                    .await?;
+            } else {
+                self.on_bridged(&msg.channel, &payload);
             }
         }
     }

@@ -8,23 +8,18 @@
 //! closed with 1013 instead of slowing the room down.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::extract::ws::Utf8Bytes;
 use metrics::{counter, gauge};
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use super::frame::WireFrame;
+use super::outbox::{Outbound, Outbox};
 use super::protocol::{ErrorCode, Rejection, ServerMessage};
 use super::room_name::OddsRoom;
 use crate::bus::StoredState;
 use crate::odds::{Book, Delta, Event, OddsMessage, net_removals};
 use crate::telemetry as m;
-
-/// Close code for a client that cannot keep up (RFC 6455 "try again later").
-pub const CLOSE_SLOW_CLIENT: u16 = 1013;
 
 /// Identifies one WebSocket connection within this process.
 pub type ClientId = u64;
@@ -65,65 +60,23 @@ impl RoomKind {
     }
 }
 
-/// One frame on its way to a socket.
-#[derive(Debug, Clone)]
-pub struct Outbound {
-    /// The JSON text, shared between all members of a room.
-    pub text: Utf8Bytes,
-    /// `publishedAt` of the odds message it carries, for the end-to-end latency histogram.
-    pub published_at: Option<i64>,
-    pub kind: RoomKind,
-}
-
-impl Outbound {
-    pub fn reply(text: String) -> Self {
-        Self {
-            text: text.into(),
-            published_at: None,
-            kind: RoomKind::Reply,
-        }
-    }
-}
-
-/// How a session is reached: its bounded queue, and a way to close it from outside.
-#[derive(Debug, Clone)]
+/// How a session is reached: its id and its bounded outbox.
+#[derive(Clone)]
 pub struct SessionHandle {
     pub id: ClientId,
-    /// Bounded: `try_send` only, never waits.
-    pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled to close the connection with `close_code`.
-    pub close: CancellationToken,
-    /// The close code to send when `close` fires (1013 for a slow client, 1001 on shutdown).
-    pub close_code: Arc<AtomicU16>,
+    pub outbox: Arc<Outbox>,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionHandle({})", self.id)
+    }
 }
 
 impl SessionHandle {
-    /// Queues a frame; a full queue closes the session as a slow client.
+    /// Queues a frame; a session over its budget is closed as a slow client (1013).
     pub fn send(&self, frame: Outbound) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close_with(CLOSE_SLOW_CLIENT);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    pub fn close_with(&self, code: u16) {
-        if !self.close.is_cancelled() {
-            if code == CLOSE_SLOW_CLIENT {
-                counter!(m::WS_SLOW_CLIENTS_CLOSED).increment(1);
-                tracing::info!(
-                    client = self.id,
-                    "closing a client whose send queue is full"
-                );
-            }
-            let _ = self
-                .close_code
-                .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
-            self.close.cancel();
-        }
+        self.outbox.push(frame)
     }
 }
 
@@ -148,7 +101,7 @@ struct Room {
     replay: VecDeque<Buffered>,
     replay_bytes: usize,
     /// Odds rooms: the serialised snapshot at (epoch, seq), shared by everyone joining at once.
-    snapshot: Option<(u64, Utf8Bytes)>,
+    snapshot: Option<(u64, WireFrame)>,
 }
 
 impl Room {
@@ -235,13 +188,13 @@ impl Inner {
         let seq = self.odds_room_seq(room);
         let kind = RoomKind::of(room);
         if let Some(Room {
-            snapshot: Some((cached_seq, text)),
+            snapshot: Some((cached_seq, frame)),
             ..
         }) = self.rooms.get(name)
             && *cached_seq == seq
         {
             return Outbound {
-                text: text.clone(),
+                frame: frame.clone(),
                 published_at: None,
                 kind,
             };
@@ -256,19 +209,17 @@ impl Inner {
             (None, _) => Vec::new(),
         };
         events.sort_by(publishing_order);
-        let text: Utf8Bytes = ServerMessage::Snapshot {
+        let frame = WireFrame::json(&ServerMessage::Snapshot {
             room: name,
             epoch: &epoch,
             seq,
             events,
-        }
-        .to_json()
-        .into();
+        });
         if let Some(r) = self.rooms.get_mut(name) {
-            r.snapshot = Some((seq, text.clone()));
+            r.snapshot = Some((seq, frame.clone()));
         }
         Outbound {
-            text,
+            frame,
             published_at: None,
             kind,
         }
@@ -282,14 +233,14 @@ impl Inner {
         if let Some(seq) = seq {
             r.seq = seq;
             r.snapshot = None;
-            r.replay_bytes += frame.text.len();
+            r.replay_bytes += frame.frame.len();
             r.replay.push_back(Buffered {
                 seq,
                 frame: frame.clone(),
             });
             while r.replay.len() > limits.replay_messages || r.replay_bytes > limits.replay_bytes {
                 match r.replay.pop_front() {
-                    Some(old) => r.replay_bytes -= old.frame.text.len(),
+                    Some(old) => r.replay_bytes -= old.frame.frame.len(),
                     None => break,
                 }
             }
@@ -302,7 +253,7 @@ impl Inner {
         }
         if sent > 0 {
             counter!(m::WS_MESSAGES_SENT, "kind" => frame.kind.label()).increment(sent);
-            counter!(m::WS_BYTES_SENT).increment(sent * frame.text.len() as u64);
+            counter!(m::WS_BYTES_SENT).increment(sent * frame.frame.len() as u64);
         }
     }
 
@@ -336,13 +287,18 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a session.
-    pub fn connect(&self, id: ClientId) {
+    /// Registers a session. It leaves every room when the returned guard drops, however the
+    /// session ends (a panic included), so no session outlives its connection in the hub.
+    pub fn connect(&self, id: ClientId) -> Membership {
         self.lock().sessions.insert(id, HashSet::new());
+        Membership {
+            hub: self.clone(),
+            id,
+        }
     }
 
     /// Removes a session from every room.
-    pub fn disconnect(&self, id: ClientId) {
+    fn disconnect(&self, id: ClientId) {
         let mut inner = self.lock();
         let rooms = inner.sessions.remove(&id).unwrap_or_default();
         for room in rooms {
@@ -416,9 +372,9 @@ impl Hub {
                 id.cloned(),
             ));
         }
-        session.send(Outbound::reply(
-            ServerMessage::Subscribed { room, id }.to_json(),
-        ));
+        session.send(Outbound::reply(WireFrame::json(
+            &ServerMessage::Subscribed { room, id },
+        )));
         if let Some(odds) = odds {
             let seq = inner.odds_room_seq(odds);
             let epoch = inner.epoch().to_string();
@@ -464,13 +420,10 @@ impl Hub {
                 }
             }
             if !inner.publisher_live {
-                session.send(Outbound::reply(
-                    ServerMessage::Status {
-                        room,
-                        publisher: "stale",
-                    }
-                    .to_json(),
-                ));
+                session.send(Outbound::reply(WireFrame::json(&ServerMessage::Status {
+                    room,
+                    publisher: "stale",
+                })));
             }
         }
         let room_kind = kind.unwrap_or(RoomKind::Bridged);
@@ -578,16 +531,14 @@ impl Hub {
         let frame =
             |room: &str, seq: u64, upserts: Vec<&Event>, removals: Vec<&str>, kind: RoomKind| {
                 Outbound {
-                    text: ServerMessage::Odds {
+                    frame: WireFrame::json(&ServerMessage::Odds {
                         room,
                         epoch,
                         seq,
                         published_at: msg.published_at,
                         upserts,
                         removals,
-                    }
-                    .to_json()
-                    .into(),
+                    }),
                     published_at,
                     kind,
                 }
@@ -672,13 +623,11 @@ impl Hub {
             return;
         }
         let frame = Outbound {
-            text: ServerMessage::Message {
+            frame: WireFrame::json(&ServerMessage::Message {
                 room,
                 channel,
                 data,
-            }
-            .to_json()
-            .into(),
+            }),
             published_at: None,
             kind: RoomKind::Bridged,
         };
@@ -700,13 +649,10 @@ impl Hub {
             .map(|(n, _)| n.clone())
             .collect();
         for room in rooms {
-            let frame = Outbound::reply(
-                ServerMessage::Status {
-                    room: &room,
-                    publisher,
-                }
-                .to_json(),
-            );
+            let frame = Outbound::reply(WireFrame::json(&ServerMessage::Status {
+                room: &room,
+                publisher,
+            }));
             inner.deliver(&room, frame, None, &self.limits);
         }
     }
@@ -720,6 +666,18 @@ impl Hub {
             .filter(|(_, r)| r.kind != RoomKind::Bridged)
             .map(|(n, r)| (n.clone(), r.seq))
             .collect()
+    }
+}
+
+/// A session's place in the hub; dropping it removes the session from every room.
+pub struct Membership {
+    hub: Hub,
+    id: ClientId,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.disconnect(self.id);
     }
 }
 

@@ -1,34 +1,56 @@
-//! One WebSocket connection: a read loop (this task) and a write loop (its own task) joined
-//! by a bounded queue. The read loop enforces the per-connection limits and answers every
-//! client message; the write loop sends queued frames, pings, and the close frame.
+//! One WebSocket connection, from the upgrade to the closed socket.
+//!
+//! A session is one task running two halves side by side: the read side (this file: limits,
+//! client messages, replies) over tungstenite, and the write side ([`super::writer`]) over the
+//! raw socket. What it holds is released by guards, so it is released however the session
+//! ends, a panic included: the connection's place in the caps (the admission guard held by
+//! the caller), its rooms (the hub's [`Membership`]), and the socket itself.
+//!
+//! The end of a connection is bounded in time: a close frame that the client does not answer
+//! ends it after `WS_CLOSE_TIMEOUT_MS`, a write that does not move after `WS_WRITE_TIMEOUT_MS`,
+//! and a client that answers no ping after `WS_PONG_TIMEOUT_MS`. After our close frame the
+//! write side is shut down and the read side keeps reading (and discarding) until the client
+//! closes too, so the client reads our close frame instead of a reset.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use metrics::{counter, histogram};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::ProtocolError};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{Identity, Verifier};
+use super::frame::WireFrame;
+use super::outbox::{Closing, Outbound, Outbox, OutboxLimits};
 use super::protocol::{ErrorCode, Rejection, Request, RequestKind, ServerMessage, parse_request};
 use super::room_name::OddsRoom;
-use super::rooms::{ClientId, Hub, Outbound, SessionHandle};
+use super::rooms::{ClientId, Hub, SessionHandle};
+use super::writer::{self, PongClock, WriterEnd, WriterTiming};
 use crate::bus::now_ms;
+use crate::net::listener::Stream;
+use crate::supervisor::Faults;
 use crate::telemetry as m;
 
-/// Close codes this server sends.
+/// Close codes this server sends (RFC 6455 §7.4.1).
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A frame that breaks the protocol: unmasked, reserved bits or opcodes, a fragmented or
+/// oversized control frame, a continuation out of place.
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// A text message (or close reason) that is not UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 /// A frame above the hard limit (16x `MAX_CLIENT_MESSAGE_BYTES`).
 pub const CLOSE_TOO_BIG: u16 = 1009;
-
-/// How long the close frame (and, on shutdown, the queued frames) may take to go out.
-const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-connection limits (docs/PROTOCOL.md defaults, configurable).
 #[derive(Debug, Clone, Copy)]
@@ -38,10 +60,28 @@ pub struct SessionLimits {
     pub messages_per_minute: u32,
     /// Largest client message answered with anything but `too_large`.
     pub max_message_bytes: usize,
-    /// Frames queued for one client before it is closed with 1013.
-    pub send_queue: usize,
+    /// Frames and bytes one client may have queued or in writing before it is closed with
+    /// 1013 (`SEND_QUEUE_FRAMES`, `SEND_BUFFER_BYTES`).
+    pub send: OutboxLimits,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
+    /// A write that moves no byte for this long ends the connection.
+    pub write_timeout: Duration,
+    /// How long the client has to answer our close frame before the socket is closed.
+    pub close_timeout: Duration,
+    /// Largest frame accepted at all; above it the connection is closed with 1009. Messages
+    /// between `max_message_bytes` and this get a `too_large` error and the connection stays.
+    pub hard_frame_limit: usize,
+}
+
+impl SessionLimits {
+    fn writer_timing(&self) -> WriterTiming {
+        WriterTiming {
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            write_timeout: self.write_timeout,
+        }
+    }
 }
 
 /// What every session shares.
@@ -55,6 +95,9 @@ pub struct SessionContext {
     pub bridged_prefixes: Vec<String>,
     /// Cancelled on shutdown: every session closes with 1001.
     pub shutdown: CancellationToken,
+    /// `FAULT_INJECTION`: a session armed with `POST /debug/panic/session` panics on its next
+    /// client message (to prove that nothing of it outlives a panic).
+    pub faults: Faults,
 }
 
 impl SessionContext {
@@ -160,70 +203,183 @@ struct Session {
     last_latency: Option<Instant>,
 }
 
-/// Runs one connection until the client leaves, the server shuts down, or a limit closes it.
+/// How the read side ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    /// The client sent a close frame (tungstenite queued the reply).
+    PeerClosed,
+    /// The stream ended or failed without a close frame.
+    Gone,
+    /// The client broke the protocol: close with this code.
+    Violation { code: u16, reason: &'static str },
+}
+
+impl ReadEnd {
+    fn closing(self) -> Closing {
+        match self {
+            ReadEnd::PeerClosed => Closing::Peer,
+            ReadEnd::Gone => Closing::Abort,
+            ReadEnd::Violation { code, reason } => Closing::Server { code, reason },
+        }
+    }
+}
+
+/// The read side of the socket as tungstenite sees it. What tungstenite writes (pong replies,
+/// the reply to a close frame) goes to the outbox's control lane, so the writer alone owns
+/// the socket's write side.
+struct ProtocolIo<R> {
+    read: R,
+    outbox: Arc<Outbox>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ProtocolIo<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
+    }
+}
+
+impl<R: Unpin> AsyncWrite for ProtocolIo<R> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // tungstenite writes whole control frames (it has no other frames to write here).
+        self.outbox.push_control(Bytes::copy_from_slice(buf));
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Splits a client stream; a plain TCP stream splits without a lock.
+fn split(stream: Stream) -> (ReadHalf, WriteHalf) {
+    match stream {
+        Stream::Plain(tcp) => {
+            let (read, write) = tcp.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        Stream::Tls(tls) => {
+            let (read, write) = tokio::io::split(*tls);
+            (Box::new(read), Box::new(write))
+        }
+    }
+}
+
+/// Runs one connection until the client leaves, the server shuts down, a limit closes it,
+/// or a deadline passes; then the socket is closed and the session is gone from the hub.
 pub async fn run(
-    socket: WebSocket,
+    stream: Stream,
+    leftover: Bytes,
     ctx: Arc<SessionContext>,
     id: ClientId,
     client_id: String,
     token: Option<String>,
 ) {
-    let (sink, stream) = socket.split();
-    let (tx, rx) = mpsc::channel(ctx.limits.send_queue.max(1));
+    let limits = ctx.limits;
+    let outbox = Arc::new(Outbox::new(limits.send));
     let handle = SessionHandle {
         id,
-        tx,
-        close: CancellationToken::new(),
-        close_code: Arc::new(AtomicU16::new(0)),
+        outbox: outbox.clone(),
     };
-    let last_pong = Arc::new(PongClock::new());
-    ctx.hub.connect(id);
+    let pong = PongClock::new();
+    // Leaves every room when dropped, whatever ends this function.
+    let _membership = ctx.hub.connect(id);
     counter!(m::WS_CONNECTIONS_TOTAL).increment(1);
 
-    let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        handle.clone(),
-        ctx.shutdown.clone(),
-        ctx.limits,
-        last_pong.clone(),
-    ));
+    let (read, write) = split(stream);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(limits.hard_frame_limit))
+        .max_frame_size(Some(limits.hard_frame_limit));
+    let mut ws = WebSocketStream::from_partially_read(
+        ProtocolIo {
+            read,
+            outbox: outbox.clone(),
+        },
+        leftover.to_vec(),
+        Role::Server,
+        Some(config),
+    )
+    .await;
 
-    handle.send(Outbound::reply(
-        ServerMessage::Welcome {
-            client_id: &client_id,
-            server_time: now_ms(),
-            heartbeat_ms: ctx.limits.ping_interval.as_millis() as u64,
-        }
-        .to_json(),
-    ));
     let mut session = Session {
-        rate: RateLimit::new(ctx.limits.messages_per_minute),
-        ctx,
+        rate: RateLimit::new(limits.messages_per_minute),
+        ctx: ctx.clone(),
         handle,
         identity: None,
         last_rate_error: None,
         last_latency: None,
     };
+    session.reply(ServerMessage::Welcome {
+        client_id: &client_id,
+        server_time: now_ms(),
+        heartbeat_ms: limits.ping_interval.as_millis() as u64,
+    });
     if let Some(token) = token {
         session.authenticate(&token, None);
     }
-    session.read_loop(stream, &last_pong).await;
 
-    session.ctx.hub.disconnect(id);
-    if !session.ctx.shutdown.is_cancelled() {
-        session.handle.close_with(CLOSE_NORMAL);
+    let writer = writer::run(write, &outbox, &pong, limits.writer_timing());
+    let reader = session.read_loop(&mut ws, &pong);
+    tokio::pin!(writer, reader);
+    let (mut writer_end, mut reader_end) = (None, None);
+    // Set when only the client's close (or its disappearance) is still awaited.
+    let mut close_deadline: Option<Instant> = None;
+    let mut shutting_down = false;
+    loop {
+        tokio::select! {
+            end = &mut writer, if writer_end.is_none() => {
+                writer_end = Some(end);
+                match end {
+                    WriterEnd::CloseSent | WriterEnd::Finished if reader_end.is_none() => {
+                        close_deadline = Some(Instant::now() + limits.close_timeout);
+                    }
+                    _ => break,
+                }
+            }
+            end = &mut reader, if reader_end.is_none() => {
+                reader_end = Some(end);
+                outbox.close(end.closing());
+                if writer_end.is_some() {
+                    break;
+                }
+            }
+            _ = ctx.shutdown.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                outbox.close(Closing::Server { code: CLOSE_GOING_AWAY, reason: "server shutting down" });
+            }
+            _ = sleep_until_some(close_deadline) => {
+                counter!(m::WS_CLOSE_TIMEOUTS).increment(1);
+                break;
+            }
+        }
     }
-    let _ = writer.await;
-    tracing::debug!(client = %client_id, "connection closed");
+    tracing::debug!(client = %client_id, ?writer_end, ?reader_end, "connection closed");
 }
 
 impl Session {
-    async fn read_loop(
-        &mut self,
-        mut stream: futures_util::stream::SplitStream<WebSocket>,
-        last_pong: &PongClock,
-    ) {
+    /// Reads client messages until the client closes, breaks the protocol or goes away.
+    /// Once the session is closing, messages are read and discarded: the client's close
+    /// frame (or its end of the stream) is what is awaited.
+    async fn read_loop<S>(&mut self, stream: &mut WebSocketStream<S>, pong: &PongClock) -> ReadEnd
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         loop {
             // An identity lasts as long as its token: at `exp` its rooms are left.
             // Saturating: a token that expires in the far future has no deadline at all.
@@ -234,8 +390,6 @@ impl Session {
                 Instant::now().checked_add(Duration::from_secs(left))
             });
             let message = tokio::select! {
-                _ = self.handle.close.cancelled() => return,
-                _ = self.ctx.shutdown.cancelled() => return,
                 _ = sleep_until_some(expiry) => {
                     self.expire_identity();
                     continue;
@@ -244,21 +398,15 @@ impl Session {
             };
             let message = match message {
                 Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    let too_big = e
-                        .into_inner()
-                        .downcast_ref::<tokio_tungstenite::tungstenite::Error>()
-                        .is_some_and(|e| {
-                            matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
-                        });
-                    if too_big {
-                        counter!(m::WS_CLIENT_ERRORS, "code" => "frame_too_big").increment(1);
-                        self.handle.close_with(CLOSE_TOO_BIG);
-                    }
-                    return;
-                }
-                None => return,
+                Some(Err(e)) => return read_error(e),
+                None => return ReadEnd::Gone,
             };
+            if self.handle.outbox.closing().is_some() {
+                if let Message::Close(_) = message {
+                    return ReadEnd::PeerClosed;
+                }
+                continue;
+            }
             match message {
                 Message::Text(text) => self.on_text(text.as_str()),
                 // Binary frames count against the rate limit like any other message.
@@ -271,16 +419,22 @@ impl Session {
                         ));
                     }
                 }
-                Message::Pong(_) => last_pong.record(),
-                // Pings are answered by the WebSocket layer itself.
-                Message::Ping(_) => {}
-                Message::Close(_) => return,
+                Message::Pong(_) => pong.record(),
+                // Pings are answered by the protocol layer itself.
+                Message::Ping(_) | Message::Frame(_) => {}
+                Message::Close(_) => {
+                    // One more poll hands tungstenite's reply to the outbox and ends the stream.
+                    let _ = stream.next().await;
+                    return ReadEnd::PeerClosed;
+                }
             }
         }
     }
 
     fn reply(&self, message: ServerMessage<'_>) {
-        self.handle.send(Outbound::reply(message.to_json()));
+        if self.handle.send(Outbound::reply(WireFrame::json(&message))) {
+            counter!(m::WS_MESSAGES_SENT, "kind" => "reply").increment(1);
+        }
     }
 
     fn reject(&mut self, rejection: Rejection) {
@@ -319,6 +473,9 @@ impl Session {
     fn on_text(&mut self, text: &str) {
         if !self.admit() {
             return;
+        }
+        if self.ctx.faults.enabled() && self.ctx.faults.take("session") {
+            panic!("injected fault: session {} panics", self.handle.id);
         }
         if text.len() > self.ctx.limits.max_message_bytes {
             return self.reject(Rejection::new(
@@ -457,40 +614,6 @@ impl Session {
     }
 }
 
-/// When the client last answered a ping, on the monotonic clock: a wall-clock step must
-/// neither close every connection at once nor disable the timeout.
-struct PongClock {
-    /// The session's start; `last` counts from here.
-    origin: Instant,
-    /// Milliseconds from `origin` to the last pong (or to the start).
-    last: AtomicU64,
-}
-
-impl PongClock {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            last: AtomicU64::new(0),
-        }
-    }
-
-    fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn record(&self) {
-        self.last.store(self.elapsed_ms(), Ordering::Relaxed);
-    }
-
-    /// How long since the last pong.
-    fn silence(&self) -> Duration {
-        Duration::from_millis(
-            self.elapsed_ms()
-                .saturating_sub(self.last.load(Ordering::Relaxed)),
-        )
-    }
-}
-
 /// Sleeps until `deadline`, or forever when there is none.
 async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
@@ -499,71 +622,35 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    handle: SessionHandle,
-    shutdown: CancellationToken,
-    limits: SessionLimits,
-    last_pong: Arc<PongClock>,
-) {
-    let mut ping =
-        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
-    let (code, reason) = loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => {
-                // Flush what is queued, within the bound, then say goodbye.
-                let flush = async {
-                    while let Ok(frame) = rx.try_recv() {
-                        if sink.send(Message::Text(frame.text)).await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
-                break (CLOSE_GOING_AWAY, "server shutting down");
-            }
-            _ = handle.close.cancelled() => {
-                let code = handle.close_code.load(Ordering::SeqCst);
-                let reason = if code == super::rooms::CLOSE_SLOW_CLIENT { "send queue full" } else { "" };
-                break (if code == 0 { CLOSE_NORMAL } else { code }, reason);
-            }
-            _ = ping.tick() => {
-                if last_pong.silence() > limits.pong_timeout {
-                    counter!(m::WS_PONG_TIMEOUTS).increment(1);
-                    break (CLOSE_NORMAL, "no pong");
-                }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
-                }
-            }
-            frame = rx.recv() => {
-                let Some(frame) = frame else { return };
-                let sent = tokio::select! {
-                    r = sink.send(Message::Text(frame.text)) => r.is_ok(),
-                    _ = handle.close.cancelled() => continue,
-                    _ = shutdown.cancelled() => continue,
-                };
-                if !sent {
-                    return;
-                }
-                if let Some(published_at) = frame.published_at {
-                    let ms = (now_ms() - published_at).max(0);
-                    histogram!(m::DELIVERY_LATENCY, "room" => frame.kind.label()).record(ms as f64 / 1e3);
-                }
+/// The read side's end for a stream error: the RFC 6455 close code for what the client did
+/// wrong, or nothing to say when the connection just broke.
+fn read_error(error: WsError) -> ReadEnd {
+    match error {
+        WsError::Capacity(_) => {
+            counter!(m::WS_CLIENT_ERRORS, "code" => "frame_too_big").increment(1);
+            ReadEnd::Violation {
+                code: CLOSE_TOO_BIG,
+                reason: "message too big",
             }
         }
-    };
-    let close = Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }));
-    let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async {
-        let _ = sink.send(close).await;
-        let _ = sink.close().await;
-    })
-    .await;
+        WsError::Utf8(_) => {
+            counter!(m::WS_CLIENT_ERRORS, "code" => "invalid_utf8").increment(1);
+            ReadEnd::Violation {
+                code: CLOSE_INVALID_DATA,
+                reason: "invalid UTF-8",
+            }
+        }
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadEnd::Gone,
+        WsError::Protocol(e) => {
+            counter!(m::WS_CLIENT_ERRORS, "code" => "protocol_error").increment(1);
+            tracing::debug!(error = %e, "client broke the WebSocket protocol");
+            ReadEnd::Violation {
+                code: CLOSE_PROTOCOL_ERROR,
+                reason: "protocol error",
+            }
+        }
+        _ => ReadEnd::Gone,
+    }
 }
 
 #[cfg(test)]
@@ -577,14 +664,20 @@ mod tests {
                 replay_messages: 8,
                 replay_bytes: 1 << 20,
             }),
-            verifier: Verifier::new(Some("k")),
+            verifier: Verifier::new(Some("k"), 3600),
             limits: SessionLimits {
                 max_rooms: 3,
                 messages_per_minute: 100,
                 max_message_bytes: 4096,
-                send_queue: 8,
+                send: OutboxLimits {
+                    frames: 8,
+                    bytes: 1 << 20,
+                },
                 ping_interval: Duration::from_secs(25),
                 pong_timeout: Duration::from_secs(60),
+                write_timeout: Duration::from_secs(10),
+                close_timeout: Duration::from_secs(5),
+                hard_frame_limit: 65536,
             },
             bridged_channels: vec![
                 "event-updates".into(),
@@ -593,6 +686,7 @@ mod tests {
             ],
             bridged_prefixes: vec!["chat".into()],
             shutdown: CancellationToken::new(),
+            faults: Faults::new(false),
         }
     }
 
@@ -656,17 +750,6 @@ mod tests {
             code(c.check_room("sport:Curling", None, None)),
             Some(ErrorCode::UnknownRoom)
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn pong_silence_follows_the_monotonic_clock() {
-        let clock = PongClock::new();
-        tokio::time::advance(Duration::from_secs(30)).await;
-        assert_eq!(clock.silence(), Duration::from_secs(30));
-        clock.record();
-        assert_eq!(clock.silence(), Duration::ZERO);
-        tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(clock.silence(), Duration::from_secs(61));
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,15 +2,14 @@
 //! Next.js route, and the desired run state stored in PostgreSQL.
 //!
 //! Auth: with `CONTROL_TOKEN` set, POST and DELETE need `Authorization: Bearer <token>` (401
-//! otherwise; the scheme is case-insensitive). Without it they are accepted only from a loopback
-//! peer that is not relaying for someone else (no `Forwarded`, `X-Forwarded-For`, `X-Real-IP`
-//! or similar header), 403 otherwise: a reverse proxy on
-//! the same host must not turn the whole internet into "loopback". GET is open, like /health.
-//! Other methods get 405 from the router.
+//! otherwise; the scheme is case-insensitive). Without it they are accepted only from a local
+//! client ([`ClientAddr::is_local`]): a loopback peer relaying for nobody (no `Forwarded`,
+//! `X-Forwarded-For`, `X-Real-IP` or similar header), or a loopback client named by a proxy
+//! in `TRUSTED_PROXIES`; 403 otherwise. A reverse proxy on the same host must not turn the
+//! whole internet into "loopback". GET is open, like /health. Other methods get 405 from the
+//! router.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +20,7 @@ use sqlx::PgPool;
 use super::PublisherHandle;
 use super::leader::{Desired, parse_desired};
 use crate::http::ApiError;
+use crate::net::ClientAddr;
 
 /// The route, as the earlier system served it.
 pub const PATH: &str = "/api/sports/ws-publisher";
@@ -40,6 +40,54 @@ pub struct ControlState {
     pub autostart: bool,
     /// The supervised tasks: while the scheduler task is down, GET says so.
     pub tasks: crate::supervisor::Tasks,
+    /// What GET knows without asking PostgreSQL.
+    pub known: KnownDesired,
+}
+
+/// The desired state as last read or written by this process's control API, and whether
+/// PostgreSQL failed to answer lately: GET then answers from it at once instead of waiting
+/// for a database that is down.
+#[derive(Clone, Default)]
+pub struct KnownDesired {
+    inner: std::sync::Arc<std::sync::Mutex<KnownInner>>,
+}
+
+#[derive(Default)]
+struct KnownInner {
+    desired: Option<Desired>,
+    /// Until when GET does not try PostgreSQL (after a failed or slow read).
+    skip_until: Option<tokio::time::Instant>,
+}
+
+/// How long GET waits for PostgreSQL before answering from what it knows.
+const STATUS_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long GET answers from what it knows, without trying, after PostgreSQL failed.
+const STATUS_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl KnownDesired {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KnownInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, desired: Desired) {
+        let mut inner = self.lock();
+        inner.desired = Some(desired);
+        inner.skip_until = None;
+    }
+
+    fn unreachable(&self) {
+        self.lock().skip_until = Some(tokio::time::Instant::now() + STATUS_RETRY_AFTER);
+    }
+
+    fn should_try(&self) -> bool {
+        self.lock()
+            .skip_until
+            .is_none_or(|until| tokio::time::Instant::now() >= until)
+    }
+
+    fn desired(&self) -> Option<Desired> {
+        self.lock().desired
+    }
 }
 
 pub fn router(state: ControlState) -> Router {
@@ -48,7 +96,11 @@ pub fn router(state: ControlState) -> Router {
         .with_state(state)
 }
 
-fn authorize(token: Option<&str>, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+fn authorize(
+    token: Option<&str>,
+    client: &ClientAddr,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     match token {
         Some(token) => {
             // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` and `BEARER` count.
@@ -67,9 +119,7 @@ fn authorize(token: Option<&str>, peer: SocketAddr, headers: &HeaderMap) -> Resu
             }
         }
         None => {
-            // Any forwarding header means a proxy relays for someone else, whoever that is.
-            let proxied = FORWARDING_HEADERS.iter().any(|h| headers.contains_key(*h));
-            if peer.ip().to_canonical().is_loopback() && !proxied {
+            if client.is_local() {
                 Ok(())
             } else {
                 Err(ApiError::Forbidden(
@@ -79,16 +129,6 @@ fn authorize(token: Option<&str>, peer: SocketAddr, headers: &HeaderMap) -> Resu
         }
     }
 }
-
-/// Headers a reverse proxy sets to say whom it relays for.
-const FORWARDING_HEADERS: [&str; 6] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-];
 
 /// Compares without an early exit, so response time does not reveal a matching prefix.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -173,18 +213,30 @@ fn with(mut body: Value, status: &str, message: &str) -> Json<Value> {
 /// The supervisor's name of the tick loop's task.
 const SCHEDULER_TASK: &str = "scheduler";
 
-/// GET answers even when PostgreSQL does not: it then shows the desired state the scheduler
-/// last read, and `lastError` says why. While the scheduler task is down (it panicked and
-/// waits to be restarted) the answer is 503 with `"status": "down"` and the failure.
+/// GET answers even when PostgreSQL does not, and at once: it waits at most
+/// `STATUS_READ_TIMEOUT` for the stored desired state, and for `STATUS_RETRY_AFTER` after a
+/// failure does not wait at all; it then shows the desired state last known (read by the
+/// scheduler or by this API), and `lastError` says why. While the scheduler task is down (it
+/// panicked and waits to be restarted) the answer is 503 with `"status": "down"` and the failure.
 async fn status(State(state): State<ControlState>) -> Response {
-    let desired = match stored_desired(&state).await {
-        Ok(desired) => desired,
-        Err(_) => state
-            .handle
-            .status()
-            .desired
-            .unwrap_or(parse_desired(None, state.autostart)),
+    let stored = if state.known.should_try() {
+        match tokio::time::timeout(STATUS_READ_TIMEOUT, stored_desired(&state)).await {
+            Ok(Ok(desired)) => {
+                state.known.remember(desired);
+                Some(desired)
+            }
+            _ => {
+                state.known.unreachable();
+                None
+            }
+        }
+    } else {
+        None
     };
+    let desired = stored
+        .or_else(|| state.handle.status().desired)
+        .or_else(|| state.known.desired())
+        .unwrap_or(parse_desired(None, state.autostart));
     let mut body = status_body(&state, desired);
     if let Some(task) = state.tasks.get(SCHEDULER_TASK)
         && task.is_down()
@@ -199,11 +251,13 @@ async fn status(State(state): State<ControlState>) -> Response {
 
 async fn start(
     State(state): State<ControlState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(client): Extension<ClientAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(state.token.as_deref(), peer, &headers)?;
+    authorize(state.token.as_deref(), &client, &headers)?;
+    let peer = client.ip;
     let previous = set_desired(&state, "running", &peer.to_string()).await?;
+    state.known.remember(Desired::Running);
     state.handle.wake();
     let body = status_body(&state, Desired::Running);
     Ok(
@@ -222,11 +276,13 @@ async fn start(
 
 async fn stop(
     State(state): State<ControlState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(client): Extension<ClientAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(state.token.as_deref(), peer, &headers)?;
+    authorize(state.token.as_deref(), &client, &headers)?;
+    let peer = client.ip;
     let previous = set_desired(&state, "stopped", &peer.to_string()).await?;
+    state.known.remember(Desired::Stopped);
     state.handle.wake();
     let mut body = status_body(&state, Desired::Stopped);
     body["interval"] = Value::Null;
@@ -246,39 +302,55 @@ mod tests {
 
     #[test]
     fn authorization_rules() {
-        let loopback: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
-        let remote: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        use crate::net::TrustedProxies;
+        use std::net::SocketAddr;
         let none = HeaderMap::new();
+        let client = |peer: &str, headers: &HeaderMap, trusted: &[&str]| {
+            let peer: SocketAddr = peer.parse().unwrap();
+            ClientAddr::resolve(peer, headers, &TrustedProxies::parse(trusted).unwrap())
+        };
+        let loopback = client("127.0.0.1:5000", &none, &[]);
+        let mapped = client("[::ffff:127.0.0.1]:5000", &none, &[]);
+        let remote = client("192.0.2.7:5000", &none, &[]);
         let mut proxied = HeaderMap::new();
         proxied.insert("x-forwarded-for", "198.51.100.1".parse().unwrap());
         let mut bearer = HeaderMap::new();
         bearer.insert("authorization", "Bearer t0k".parse().unwrap());
 
-        assert!(authorize(None, loopback, &none).is_ok());
-        assert!(authorize(None, mapped, &none).is_ok());
+        assert!(authorize(None, &loopback, &none).is_ok());
+        assert!(authorize(None, &mapped, &none).is_ok());
         let forbidden = |r: Result<(), ApiError>| matches!(r, Err(ApiError::Forbidden(_)));
-        assert!(forbidden(authorize(None, remote, &none)));
-        assert!(forbidden(authorize(None, loopback, &proxied)));
+        assert!(forbidden(authorize(None, &remote, &none)));
+        let relayed = client("127.0.0.1:5000", &proxied, &[]);
+        assert!(forbidden(authorize(None, &relayed, &proxied)));
         let mut real_ip = HeaderMap::new();
         real_ip.insert("x-real-ip", "8.8.8.8".parse().unwrap());
-        assert!(forbidden(authorize(None, loopback, &real_ip)));
+        let relayed = client("127.0.0.1:5000", &real_ip, &[]);
+        assert!(forbidden(authorize(None, &relayed, &real_ip)));
+        // A trusted proxy relaying for a remote client: still not local.
+        let relayed = client("127.0.0.1:5000", &real_ip, &["127.0.0.1"]);
+        assert!(forbidden(authorize(None, &relayed, &real_ip)));
+        // A trusted proxy relaying for a local client: local.
+        let mut local_xff = HeaderMap::new();
+        local_xff.insert("x-forwarded-for", "127.0.0.1".parse().unwrap());
+        let relayed = client("127.0.0.1:5000", &local_xff, &["127.0.0.1"]);
+        assert!(authorize(None, &relayed, &local_xff).is_ok());
         // With a token, the address does not matter but the token does.
-        assert!(authorize(Some("t0k"), remote, &bearer).is_ok());
+        assert!(authorize(Some("t0k"), &remote, &bearer).is_ok());
         for scheme in ["bearer", "BEARER", "Bearer"] {
             let mut h = HeaderMap::new();
             h.insert("authorization", format!("{scheme} t0k").parse().unwrap());
-            assert!(authorize(Some("t0k"), remote, &h).is_ok(), "{scheme}");
+            assert!(authorize(Some("t0k"), &remote, &h).is_ok(), "{scheme}");
         }
         let mut basic = HeaderMap::new();
         basic.insert("authorization", "Basic t0k".parse().unwrap());
         assert!(matches!(
-            authorize(Some("t0k"), remote, &basic),
+            authorize(Some("t0k"), &remote, &basic),
             Err(ApiError::Unauthorized(_))
         ));
         let unauthorized = |r: Result<(), ApiError>| matches!(r, Err(ApiError::Unauthorized(_)));
-        assert!(unauthorized(authorize(Some("t0k"), loopback, &none)));
-        assert!(unauthorized(authorize(Some("other"), loopback, &bearer)));
+        assert!(unauthorized(authorize(Some("t0k"), &loopback, &none)));
+        assert!(unauthorized(authorize(Some("other"), &loopback, &bearer)));
     }
 
     #[test]

@@ -1,0 +1,427 @@
+//! One session's send queue, bounded in frames and in bytes, and the way to close it.
+//!
+//! Producers (the hub's fan-out, the session's replies) never wait: [`Outbox::push`] either
+//! queues a frame or, when the frame would take the session past its budget, closes the
+//! session as a slow client (1013) and drops everything queued. The budget counts the bytes
+//! queued and the bytes the writer has taken but not yet written, so a client that does not
+//! read holds at most `bytes` of frames (shared with other sessions where they are room
+//! frames) for at most the write timeout.
+//!
+//! Control frames (pongs and close replies from the protocol layer, the writer's pings) go in
+//! a small lane of their own that the writer sends before any data frame not yet started.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use metrics::counter;
+use tokio::sync::Notify;
+
+use super::frame::WireFrame;
+use super::rooms::RoomKind;
+use crate::telemetry as m;
+
+/// Close code for a client that cannot keep up (RFC 6455 "try again later").
+pub const CLOSE_SLOW_CLIENT: u16 = 1013;
+
+/// Most control frames waiting at once; more (a ping flood) are dropped: answering the
+/// latest ping is enough (RFC 6455 §5.5.3).
+const CONTROL_FRAMES: usize = 8;
+
+/// One frame on its way to a socket.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The encoded frame, shared between all members of a room.
+    pub frame: WireFrame,
+    /// `publishedAt` of the odds message it carries, for the end-to-end latency histogram.
+    pub published_at: Option<i64>,
+    pub kind: RoomKind,
+}
+
+impl Outbound {
+    /// A frame for this client only.
+    pub fn reply(frame: WireFrame) -> Self {
+        Self {
+            frame,
+            published_at: None,
+            kind: RoomKind::Reply,
+        }
+    }
+}
+
+/// Limits of one outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    /// Frames queued at most.
+    pub frames: usize,
+    /// Bytes queued or being written at most (`SEND_BUFFER_BYTES`).
+    pub bytes: usize,
+}
+
+/// Why and how a session ends, as far as its writer is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// The server closes: send a close frame with this code and reason, then stop.
+    Server { code: u16, reason: &'static str },
+    /// The client sent a close frame: send the protocol layer's reply (already in the
+    /// control lane), then stop.
+    Peer,
+    /// Stop at once: the connection is broken or must be dropped.
+    Abort,
+}
+
+/// What the writer should do next.
+#[derive(Debug)]
+pub enum Next {
+    /// Frames to write (possibly none yet: wait for [`Outbox::changed`]).
+    Write,
+    /// Write this close frame, then stop.
+    Close(WireFrame),
+    /// Write the control frames taken (the reply to the client's close), then stop.
+    Done,
+    /// Stop now, writing nothing more.
+    Abort,
+}
+
+struct Queue {
+    control: VecDeque<Bytes>,
+    data: VecDeque<Outbound>,
+    /// Bytes in `data` plus bytes taken by the writer and not yet released.
+    bytes: usize,
+    closing: Option<Closing>,
+    /// The close frame (ours) was handed to the writer: nothing may follow it.
+    close_taken: bool,
+}
+
+/// A session's bounded queue.
+pub struct Outbox {
+    limits: OutboxLimits,
+    queue: Mutex<Queue>,
+    changed: Notify,
+}
+
+impl Outbox {
+    pub fn new(limits: OutboxLimits) -> Self {
+        Self {
+            limits,
+            queue: Mutex::new(Queue {
+                control: VecDeque::new(),
+                data: VecDeque::new(),
+                bytes: 0,
+                closing: None,
+                close_taken: false,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // No critical section can panic halfway through.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a frame. False when the session is closing, or when the frame would take it
+    /// past its budget: then the session is closed as a slow client.
+    pub fn push(&self, frame: Outbound) -> bool {
+        let mut q = self.lock();
+        if q.closing.is_some() {
+            return false;
+        }
+        let size = frame.frame.len();
+        // A frame larger than the whole budget still goes to an otherwise idle session, so
+        // a snapshot above the budget does not lock a client out; anything more is too much.
+        let over_bytes = q.bytes > 0 && q.bytes + size > self.limits.bytes;
+        if q.data.len() >= self.limits.frames || over_bytes {
+            let reason = if over_bytes {
+                "send buffer full"
+            } else {
+                "send queue full"
+            };
+            counter!(m::WS_SLOW_CLIENTS_CLOSED, "limit" => if over_bytes { "bytes" } else { "frames" })
+                .increment(1);
+            Self::start_closing(
+                &mut q,
+                Closing::Server {
+                    code: CLOSE_SLOW_CLIENT,
+                    reason,
+                },
+            );
+            drop(q);
+            self.changed.notify_one();
+            return false;
+        }
+        let was_idle = q.data.is_empty();
+        q.bytes += size;
+        q.data.push_back(frame);
+        drop(q);
+        if was_idle {
+            self.changed.notify_one();
+        }
+        true
+    }
+
+    /// Queues a control frame produced by the protocol layer (a pong, the reply to a close).
+    /// Dropped once our own close frame is out, or when the lane is full.
+    pub fn push_control(&self, frame: Bytes) {
+        let mut q = self.lock();
+        if q.close_taken || q.closing == Some(Closing::Abort) || q.control.len() >= CONTROL_FRAMES {
+            return;
+        }
+        q.control.push_back(frame);
+        drop(q);
+        self.changed.notify_one();
+    }
+
+    /// Starts closing; the first reason wins. Queued data frames are dropped at once.
+    pub fn close(&self, closing: Closing) {
+        let mut q = self.lock();
+        if q.closing.is_some() && closing != Closing::Abort {
+            return;
+        }
+        Self::start_closing(&mut q, closing);
+        drop(q);
+        self.changed.notify_one();
+    }
+
+    fn start_closing(q: &mut Queue, closing: Closing) {
+        if q.closing.is_none() || closing == Closing::Abort {
+            q.closing = Some(closing);
+        }
+        let dropped: usize = q.data.drain(..).map(|f| f.frame.len()).sum();
+        q.bytes -= dropped;
+        if closing == Closing::Abort {
+            q.control.clear();
+        }
+    }
+
+    /// How the session is closing, if it is.
+    pub fn closing(&self) -> Option<Closing> {
+        self.lock().closing
+    }
+
+    /// Moves control frames into `control` and up to `max_frames` data frames (stopping
+    /// after `max_bytes`) into `data`, and says what comes next.
+    pub fn take(
+        &self,
+        control: &mut Vec<Bytes>,
+        data: &mut VecDeque<Outbound>,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Next {
+        let mut q = self.lock();
+        control.extend(q.control.drain(..));
+        match q.closing {
+            None => {
+                let mut taken = 0;
+                let mut taken_frames = 0;
+                while taken_frames < max_frames && taken < max_bytes {
+                    let Some(frame) = q.data.pop_front() else {
+                        break;
+                    };
+                    taken += frame.frame.len();
+                    taken_frames += 1;
+                    data.push_back(frame);
+                }
+                Next::Write
+            }
+            Some(Closing::Server { code, reason }) if !q.close_taken => {
+                q.close_taken = true;
+                Next::Close(WireFrame::close(code, reason))
+            }
+            Some(Closing::Abort) => Next::Abort,
+            Some(_) => Next::Done,
+        }
+    }
+
+    /// The writer has written (or dropped) `bytes` of the data frames it took.
+    pub fn release(&self, bytes: usize) {
+        let mut q = self.lock();
+        q.bytes = q.bytes.saturating_sub(bytes);
+    }
+
+    /// Resolves after something was queued or the session started closing since the last
+    /// call (a wake-up is never lost: one that comes while nobody waits is kept).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Frames and bytes queued or being written, for tests and diagnostics.
+    pub fn usage(&self) -> (usize, usize) {
+        let q = self.lock();
+        (q.data.len(), q.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize) -> Outbound {
+        Outbound::reply(WireFrame::text(&"x".repeat(len)))
+    }
+
+    fn take_all(o: &Outbox) -> (Vec<Bytes>, VecDeque<Outbound>, Next) {
+        let (mut c, mut d) = (Vec::new(), VecDeque::new());
+        let next = o.take(&mut c, &mut d, usize::MAX, usize::MAX);
+        (c, d, next)
+    }
+
+    #[test]
+    fn over_the_byte_budget_closes_with_1013_and_frees_the_queue() {
+        let o = Outbox::new(OutboxLimits {
+            frames: 100,
+            bytes: 1000,
+        });
+        assert!(o.push(frame(400)));
+        assert!(o.push(frame(400)));
+        assert!(!o.push(frame(400)), "over the budget");
+        assert_eq!(
+            o.closing(),
+            Some(Closing::Server {
+                code: 1013,
+                reason: "send buffer full"
+            })
+        );
+        assert_eq!(o.usage(), (0, 0), "queued frames are dropped at once");
+        assert!(!o.push(frame(1)), "nothing is queued after closing");
+        let (_, data, next) = take_all(&o);
+        assert!(data.is_empty());
+        let Next::Close(close) = next else {
+            panic!("expected the close frame, got {next:?}")
+        };
+        assert_eq!(&close.payload()[..2], &1013u16.to_be_bytes());
+        assert!(matches!(take_all(&o).2, Next::Done), "one close frame only");
+    }
+
+    #[test]
+    fn frames_taken_but_not_written_count_against_the_budget() {
+        let o = Outbox::new(OutboxLimits {
+            frames: 100,
+            bytes: 1000,
+        });
+        assert!(o.push(frame(600)));
+        let (_, data, _) = take_all(&o);
+        assert_eq!(data.len(), 1);
+        assert!(!o.push(frame(600)), "the frame being written still counts");
+        let o = Outbox::new(OutboxLimits {
+            frames: 100,
+            bytes: 1000,
+        });
+        assert!(o.push(frame(600)));
+        let (_, data, _) = take_all(&o);
+        o.release(data[0].frame.len());
+        assert!(o.push(frame(600)), "released bytes are free again");
+    }
+
+    #[test]
+    fn one_frame_above_the_budget_goes_to_an_idle_session() {
+        let o = Outbox::new(OutboxLimits {
+            frames: 100,
+            bytes: 1000,
+        });
+        assert!(
+            o.push(frame(5000)),
+            "a big snapshot is not refused outright"
+        );
+        assert!(!o.push(frame(10)), "but nothing fits behind it");
+    }
+
+    #[test]
+    fn the_frame_cap_closes_too() {
+        let o = Outbox::new(OutboxLimits {
+            frames: 2,
+            bytes: 1 << 20,
+        });
+        assert!(o.push(frame(1)) && o.push(frame(1)));
+        assert!(!o.push(frame(1)));
+        assert_eq!(
+            o.closing(),
+            Some(Closing::Server {
+                code: 1013,
+                reason: "send queue full"
+            })
+        );
+    }
+
+    #[test]
+    fn control_frames_come_first_and_stop_after_our_close() {
+        let o = Outbox::new(OutboxLimits {
+            frames: 100,
+            bytes: 1 << 20,
+        });
+        assert!(o.push(frame(10)));
+        o.push_control(Bytes::from_static(b"pong"));
+        let (control, data, next) = take_all(&o);
+        assert_eq!(control, vec![Bytes::from_static(b"pong")]);
+        assert_eq!(data.len(), 1);
+        assert!(matches!(next, Next::Write));
+        for _ in 0..20 {
+            o.push_control(Bytes::from_static(b"pong"));
+        }
+        assert_eq!(
+            take_all(&o).0.len(),
+            CONTROL_FRAMES,
+            "the control lane is bounded"
+        );
+        o.close(Closing::Server {
+            code: 1000,
+            reason: "",
+        });
+        assert!(matches!(take_all(&o).2, Next::Close(_)));
+        o.push_control(Bytes::from_static(b"close reply"));
+        let (control, _, next) = take_all(&o);
+        assert!(control.is_empty(), "nothing after our close frame");
+        assert!(matches!(next, Next::Done));
+    }
+
+    #[test]
+    fn a_peer_close_sends_the_reply_and_no_close_of_ours() {
+        let o = Outbox::new(OutboxLimits {
+            frames: 100,
+            bytes: 1 << 20,
+        });
+        o.push_control(Bytes::from_static(b"close reply"));
+        o.close(Closing::Peer);
+        let (control, _, next) = take_all(&o);
+        assert_eq!(control.len(), 1);
+        assert!(matches!(next, Next::Done));
+    }
+
+    #[test]
+    fn the_first_reason_wins_but_abort_overrides() {
+        let o = Outbox::new(OutboxLimits {
+            frames: 100,
+            bytes: 1 << 20,
+        });
+        o.close(Closing::Server {
+            code: 1001,
+            reason: "server shutting down",
+        });
+        o.close(Closing::Server {
+            code: 1013,
+            reason: "",
+        });
+        assert_eq!(
+            o.closing(),
+            Some(Closing::Server {
+                code: 1001,
+                reason: "server shutting down"
+            })
+        );
+        o.close(Closing::Abort);
+        assert_eq!(o.closing(), Some(Closing::Abort));
+    }
+
+    #[tokio::test]
+    async fn a_wake_up_is_never_lost() {
+        let o = Outbox::new(OutboxLimits {
+            frames: 100,
+            bytes: 1 << 20,
+        });
+        assert!(o.push(frame(1)));
+        // Nobody waited when it was pushed; the wake-up is kept.
+        tokio::time::timeout(std::time::Duration::from_secs(1), o.changed())
+            .await
+            .expect("woken");
+    }
+}

@@ -1,0 +1,466 @@
+//! A session's write side: everything pending goes out in vectored writes, pings go out on
+//! schedule, and every wait has a deadline.
+//!
+//! - **Batching**: each wake-up takes whatever is queued (up to [`BATCH_FRAMES`] frames /
+//!   [`BATCH_BYTES`]) and writes it with `write_vectored`, straight from the shared frames:
+//!   no per-client copy, no write buffer that keeps the size of the largest frame.
+//! - **Write deadline** (`WS_WRITE_TIMEOUT_MS`): while there is something to write, a write
+//!   that moves no byte for this long ends the connection (a client that does not read).
+//! - **Pong deadline** (`WS_PONG_TIMEOUT_MS`): measured on its own timer, not at ping time,
+//!   and whether or not the writer is blocked; past it the session closes ("no pong").
+//! - **Close**: the close frame goes after the frame being written (never inside one), then
+//!   the write side is shut down (FIN), so the client reads our close frame before the
+//!   connection ends.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics::{Histogram, counter, histogram};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::frame::WireFrame;
+use super::outbox::{Closing, Next, Outbound, Outbox};
+use super::rooms::RoomKind;
+use crate::bus::now_ms;
+use crate::telemetry as m;
+
+/// Most frames taken into one vectored write (Linux accepts up to 1024 slices).
+pub const BATCH_FRAMES: usize = 64;
+/// Most bytes taken from the queue at once.
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// Close code when a client answered no ping in time.
+pub const CLOSE_NO_PONG: u16 = 1000;
+
+/// The writer's timing.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterTiming {
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+/// How the writer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// Our close frame is out and the write side is shut down: wait for the client's reply.
+    CloseSent,
+    /// The reply to the client's close frame is out (or nothing more was to be written).
+    Finished,
+    /// Nothing moved for the write timeout.
+    WriteTimeout,
+    /// The socket failed.
+    Broken,
+}
+
+/// When the client last answered a ping, on the monotonic clock: a wall-clock step must
+/// neither close every connection at once nor disable the timeout.
+pub struct PongClock {
+    /// The session's start; `last` counts from here.
+    origin: Instant,
+    /// Milliseconds from `origin` to the last pong (or to the start).
+    last: AtomicU64,
+}
+
+impl PongClock {
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn record(&self) {
+        self.last.store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the last pong.
+    pub fn silence(&self) -> Duration {
+        Duration::from_millis(
+            self.elapsed_ms()
+                .saturating_sub(self.last.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// When the silence reaches `timeout`, if no pong comes first.
+    fn deadline(&self, timeout: Duration) -> Instant {
+        self.origin + Duration::from_millis(self.last.load(Ordering::Relaxed)) + timeout
+    }
+}
+
+impl Default for PongClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The publish → socket histogram per room kind, looked up once per session instead of once
+/// per frame.
+struct DeliveryLatency {
+    all: Histogram,
+    sport: Histogram,
+    event: Histogram,
+}
+
+impl DeliveryLatency {
+    fn new() -> Self {
+        Self {
+            all: histogram!(m::DELIVERY_LATENCY, "room" => RoomKind::All.label()),
+            sport: histogram!(m::DELIVERY_LATENCY, "room" => RoomKind::Sport.label()),
+            event: histogram!(m::DELIVERY_LATENCY, "room" => RoomKind::Event.label()),
+        }
+    }
+
+    fn record(&self, frame: &Outbound) {
+        let Some(published_at) = frame.published_at else {
+            return;
+        };
+        let seconds = (now_ms() - published_at).max(0) as f64 / 1e3;
+        match frame.kind {
+            RoomKind::All => self.all.record(seconds),
+            RoomKind::Sport => self.sport.record(seconds),
+            RoomKind::Event => self.event.record(seconds),
+            RoomKind::Bridged | RoomKind::Reply => {}
+        }
+    }
+}
+
+/// What is being written: control frames and data frames, in wire order, with how much of
+/// the first one is already out.
+struct Batch {
+    frames: VecDeque<Piece>,
+    /// Bytes of `frames[0]` already written.
+    offset: usize,
+}
+
+struct Piece {
+    bytes: Bytes,
+    /// The data frame this is (control frames have none); released from the outbox's budget
+    /// when written.
+    data: Option<Outbound>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Where a frame may go in ahead of queued data: after the frame being written.
+    fn boundary(&self) -> usize {
+        usize::from(self.offset > 0).min(self.frames.len())
+    }
+
+    fn insert_control(&mut self, bytes: Bytes) {
+        let at = self.boundary();
+        self.frames.insert(at, Piece { bytes, data: None });
+    }
+
+    /// Drops every data frame not yet started (the session is closing); returns their bytes.
+    fn drop_unstarted_data(&mut self) -> usize {
+        let keep = self.boundary();
+        let mut dropped = 0;
+        let mut kept = VecDeque::with_capacity(self.frames.len());
+        for (i, piece) in self.frames.drain(..).enumerate() {
+            match &piece.data {
+                Some(_) if i >= keep => dropped += piece.bytes.len(),
+                _ => kept.push_back(piece),
+            }
+        }
+        self.frames = kept;
+        dropped
+    }
+
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        self.frames
+            .iter()
+            .take(BATCH_FRAMES)
+            .enumerate()
+            .map(|(i, p)| {
+                IoSlice::new(if i == 0 {
+                    &p.bytes[self.offset..]
+                } else {
+                    &p.bytes
+                })
+            })
+            .collect()
+    }
+
+    /// Accounts for `n` bytes written; returns the data frames completed.
+    fn advance(&mut self, mut n: usize, done: &mut Vec<Outbound>) {
+        while n > 0 {
+            let Some(front) = self.frames.front() else {
+                break;
+            };
+            let left = front.bytes.len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            if let Some(Piece {
+                data: Some(frame), ..
+            }) = self.frames.pop_front()
+            {
+                done.push(frame);
+            }
+        }
+    }
+}
+
+/// What woke the writer up.
+enum Wake {
+    Wrote(io::Result<usize>),
+    WriteTimeout,
+    PongDue,
+    PingDue,
+    Changed,
+}
+
+/// Writes until the session is closed or the socket fails. Never waits on the client
+/// without a deadline.
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut io: W,
+    outbox: &Outbox,
+    pong: &PongClock,
+    timing: WriterTiming,
+) -> WriterEnd {
+    let latency = DeliveryLatency::new();
+    let mut batch = Batch {
+        frames: VecDeque::new(),
+        offset: 0,
+    };
+    let (mut control, mut data, mut done) = (Vec::new(), VecDeque::new(), Vec::new());
+    let mut next_ping = Instant::now() + timing.ping_interval;
+    let mut last_progress = Instant::now();
+    // `Some` once the outbox said how this session ends.
+    let mut ending: Option<WriterEnd> = None;
+    loop {
+        // Take what is pending; once closing, data frames not yet started are dropped.
+        let was_empty = batch.is_empty();
+        if ending.is_none() {
+            let room = BATCH_FRAMES.saturating_sub(batch.frames.len());
+            let next = outbox.take(&mut control, &mut data, room, BATCH_BYTES);
+            if !matches!(next, Next::Write) {
+                outbox.release(batch.drop_unstarted_data());
+            }
+            match next {
+                Next::Write => {}
+                Next::Close(close) => {
+                    batch.frames.push_back(Piece {
+                        bytes: close.bytes().clone(),
+                        data: None,
+                    });
+                    ending = Some(WriterEnd::CloseSent);
+                }
+                Next::Done => ending = Some(WriterEnd::Finished),
+                Next::Abort => return WriterEnd::Broken,
+            }
+            for bytes in control.drain(..) {
+                batch.insert_control(bytes);
+            }
+            batch.frames.extend(data.drain(..).map(|frame| Piece {
+                bytes: frame.frame.bytes().clone(),
+                data: Some(frame),
+            }));
+        }
+        if was_empty && !batch.is_empty() {
+            last_progress = Instant::now();
+        }
+        if batch.is_empty()
+            && let Some(end) = ending
+        {
+            // Everything is out: FIN, so the client sees the end after our last frame.
+            let _ = tokio::time::timeout(timing.write_timeout, io.shutdown()).await;
+            return end;
+        }
+
+        let open = ending.is_none();
+        let wake = tokio::select! {
+            biased;
+            result = write_some(&mut io, &batch), if !batch.is_empty() => Wake::Wrote(result),
+            _ = tokio::time::sleep_until(last_progress + timing.write_timeout), if !batch.is_empty() => Wake::WriteTimeout,
+            _ = tokio::time::sleep_until(pong.deadline(timing.pong_timeout)), if open => Wake::PongDue,
+            _ = tokio::time::sleep_until(next_ping), if open => Wake::PingDue,
+            _ = outbox.changed(), if open => Wake::Changed,
+        };
+        match wake {
+            Wake::Wrote(Ok(0)) | Wake::Wrote(Err(_)) => {
+                outbox.close(Closing::Abort);
+                return WriterEnd::Broken;
+            }
+            Wake::Wrote(Ok(n)) => {
+                last_progress = Instant::now();
+                batch.advance(n, &mut done);
+                if !done.is_empty() {
+                    outbox.release(done.iter().map(|f| f.frame.len()).sum());
+                    for frame in done.drain(..) {
+                        latency.record(&frame);
+                    }
+                }
+            }
+            Wake::WriteTimeout => {
+                counter!(m::WS_WRITE_TIMEOUTS).increment(1);
+                outbox.close(Closing::Abort);
+                return WriterEnd::WriteTimeout;
+            }
+            Wake::PongDue => {
+                if pong.silence() >= timing.pong_timeout {
+                    counter!(m::WS_PONG_TIMEOUTS).increment(1);
+                    outbox.close(Closing::Server {
+                        code: CLOSE_NO_PONG,
+                        reason: "no pong",
+                    });
+                }
+            }
+            Wake::PingDue => {
+                next_ping = Instant::now() + timing.ping_interval;
+                batch.insert_control(WireFrame::ping().bytes().clone());
+            }
+            Wake::Changed => {}
+        }
+    }
+}
+
+/// One vectored write of the batch (cancel-safe: a write that has not completed wrote
+/// nothing).
+async fn write_some<W: AsyncWrite + Unpin>(io: &mut W, batch: &Batch) -> io::Result<usize> {
+    let slices = batch.slices();
+    io.write_vectored(&slices).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broadcaster::outbox::OutboxLimits;
+    use tokio::io::AsyncReadExt;
+
+    fn outbox() -> Outbox {
+        Outbox::new(OutboxLimits {
+            frames: 1000,
+            bytes: 1 << 20,
+        })
+    }
+
+    fn timing() -> WriterTiming {
+        WriterTiming {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pong_silence_follows_the_monotonic_clock() {
+        let clock = PongClock::new();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(clock.silence(), Duration::from_secs(30));
+        clock.record();
+        assert_eq!(clock.silence(), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(clock.silence(), Duration::from_secs(61));
+    }
+
+    #[tokio::test]
+    async fn frames_are_written_whole_and_in_order_then_the_close_frame() {
+        let (client, server) = tokio::io::duplex(64);
+        let o = outbox();
+        for i in 0..50 {
+            assert!(o.push(Outbound::reply(WireFrame::text(&format!("frame {i}")))));
+        }
+        o.close(Closing::Server {
+            code: 1000,
+            reason: "bye",
+        });
+        // Closing drops queued frames that were not started: only the close frame remains.
+        let pong = PongClock::new();
+        let reader = tokio::spawn(async move {
+            let mut client = client;
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        assert_eq!(run(server, &o, &pong, timing()).await, WriterEnd::CloseSent);
+        let bytes = reader.await.unwrap();
+        assert_eq!(bytes, WireFrame::close(1000, "bye").bytes().to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_close_waits_for_the_frame_being_written() {
+        let (mut client, server) = tokio::io::duplex(16);
+        let o = std::sync::Arc::new(outbox());
+        let big = WireFrame::text(&"y".repeat(1000));
+        assert!(o.push(Outbound::reply(big.clone())));
+        assert!(o.push(Outbound::reply(WireFrame::text("never sent"))));
+        let pong = std::sync::Arc::new(PongClock::new());
+        let writer = {
+            let (o, pong) = (o.clone(), pong.clone());
+            tokio::spawn(async move { run(server, &o, &pong, timing()).await })
+        };
+        // Read a little of the big frame, then close while it is half written.
+        let mut head = [0u8; 16];
+        client.read_exact(&mut head).await.unwrap();
+        o.close(Closing::Server {
+            code: 1013,
+            reason: "send buffer full",
+        });
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(writer.await.unwrap(), WriterEnd::CloseSent);
+        let mut expected = big.bytes().to_vec();
+        expected.extend_from_slice(WireFrame::close(1013, "send buffer full").bytes());
+        let mut got = head.to_vec();
+        got.extend(rest);
+        assert_eq!(
+            got, expected,
+            "the big frame completes, then the close frame"
+        );
+        assert_eq!(o.usage(), (0, 0), "every byte released");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_meets_the_write_deadline() {
+        let (_client, server) = tokio::io::duplex(16);
+        let o = outbox();
+        assert!(o.push(Outbound::reply(WireFrame::text(&"z".repeat(100)))));
+        let pong = PongClock::new();
+        let started = Instant::now();
+        assert_eq!(
+            run(server, &o, &pong, timing()).await,
+            WriterEnd::WriteTimeout
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(o.closing(), Some(Closing::Abort));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_go_out_and_a_missing_pong_closes() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let o = outbox();
+        let pong = PongClock::new();
+        let timing = WriterTiming {
+            ping_interval: Duration::from_secs(1),
+            pong_timeout: Duration::from_millis(2500),
+            write_timeout: Duration::from_secs(10),
+        };
+        let end = run(server, &o, &pong, timing).await;
+        assert_eq!(end, WriterEnd::CloseSent);
+        let mut bytes = Vec::new();
+        client.read_to_end(&mut bytes).await.unwrap();
+        let ping = WireFrame::ping();
+        let mut expected = Vec::new();
+        for _ in 0..2 {
+            expected.extend_from_slice(ping.bytes());
+        }
+        expected.extend_from_slice(WireFrame::close(1000, "no pong").bytes());
+        assert_eq!(bytes, expected, "two pings, then the close at 2.5 s");
+    }
+}

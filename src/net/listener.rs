@@ -1,0 +1,535 @@
+//! The accept loop and every connection's life until it upgrades to a WebSocket (or ends).
+//!
+//! What a connection may cost before it is a WebSocket is bounded here:
+//! - **Header timeout** (`HTTP_HEADER_TIMEOUT_MS`): a request head must arrive complete within
+//!   this time of the server starting to wait for it: after the connect (or TLS handshake) and
+//!   after each response on a kept-alive connection. So it is also the keep-alive idle timeout,
+//!   and a slowloris that trickles its headers is closed at it.
+//! - **Idle timeout** (`HTTP_IDLE_TIMEOUT_MS`): a connection whose socket moves no byte in
+//!   either direction for this long is closed, whatever it is doing (a request body that
+//!   stalls, a response the client does not read).
+//! - **Pending cap** (`MAX_PENDING_CONNECTIONS`): at most this many connections that have not
+//!   upgraded. A new connection over the cap evicts the oldest pending one instead of being
+//!   refused, so a flood of silent sockets cannot lock out `/health` or real clients: each
+//!   newcomer gets its chance, and the flood's own sockets are the oldest.
+//! - **Accept errors**: running out of file descriptors (EMFILE/ENFILE) or memory backs off
+//!   (10 ms doubling to 1 s) instead of spinning, evicts the oldest pending connection to free a
+//!   descriptor, is counted and logged at most once a second, and the loop goes on.
+//!
+//! A connection is HTTP/1.1 (WebSocket upgrades are HTTP/1.1 only). The IO handed to hyper
+//! is a [`Stream`] wrapped in [`Tracked`], so an upgraded connection can be taken back as the
+//! raw socket with [`take_upgraded`].
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::{counter, gauge};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use super::client_addr::{ClientAddr, TrustedProxies};
+use crate::telemetry as m;
+
+/// Limits on connections that have not upgraded (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_pending: usize,
+}
+
+/// Binds `addr` with a listen backlog of `backlog` (the kernel caps it at
+/// `net.core.somaxconn`). `SO_REUSEADDR` lets a restarted server bind while old connections
+/// linger in TIME_WAIT.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// The largest listen backlog the system allows (`net.core.somaxconn`), the default of
+/// `LISTEN_BACKLOG`; 4096 (Linux's default since 5.4) when it cannot be read.
+pub fn system_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(4096)
+}
+
+/// An HTTP server on an already bound listener.
+pub struct HttpServer {
+    pub listener: TcpListener,
+    /// `Some` serves https/wss.
+    pub tls: Option<TlsAcceptor>,
+    pub router: Router,
+    pub limits: HttpLimits,
+    pub trusted: Arc<TrustedProxies>,
+}
+
+/// What every connection task shares.
+struct Shared {
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    limits: HttpLimits,
+    trusted: Arc<TrustedProxies>,
+    pending: Arc<Pending>,
+}
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+impl HttpServer {
+    /// Accepts until `cancel`; then pending connections finish their request and close.
+    /// Connection tasks are spawned on `tracker`, so shutdown can wait for them.
+    pub async fn run(self, cancel: CancellationToken, tracker: TaskTracker) {
+        let shared = Arc::new(Shared {
+            tls: self.tls,
+            router: self.router,
+            limits: self.limits,
+            trusted: self.trusted,
+            pending: Arc::new(Pending::new(self.limits.max_pending)),
+        });
+        let mut backoff = ACCEPT_BACKOFF_MIN;
+        let mut last_logged: Option<Instant> = None;
+        loop {
+            let accepted = tokio::select! {
+                _ = cancel.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    let slot = shared.pending.admit();
+                    tracker.spawn(connection(tcp, peer, slot, shared.clone(), cancel.clone()));
+                }
+                // The peer gave up between SYN and accept: nothing to do.
+                Err(e) if is_per_connection(&e) => continue,
+                Err(e) => {
+                    let kind = accept_error_kind(&e);
+                    counter!(m::HTTP_ACCEPT_ERRORS, "kind" => kind).increment(1);
+                    if last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        last_logged = Some(Instant::now());
+                        tracing::error!(error = %e, kind, retry_in = ?backoff, "accept failed; backing off");
+                    }
+                    // Free a descriptor for the connections waiting in the backlog.
+                    shared.pending.evict_oldest();
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// Errors of one connection that `accept` reports; the listener is fine.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// The metric label of an accept error.
+fn accept_error_kind(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(24) => "emfile",
+        Some(23) => "enfile",
+        Some(12) | Some(105) => "out_of_memory",
+        _ => "other",
+    }
+}
+
+/// Why a connection that never upgraded was closed by the server.
+fn closed(reason: &'static str) {
+    counter!(m::HTTP_CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: PendingSlot,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let limits = shared.limits;
+    // Small frames go out at once; the write path batches them itself.
+    let _ = tcp.set_nodelay(true);
+    let stream = match &shared.tls {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp));
+            let result = tokio::select! {
+                r = handshake => r,
+                _ = slot.evicted.cancelled() => return closed("evicted"),
+                _ = cancel.cancelled() => return,
+            };
+            match result {
+                Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return closed("tls_handshake_failed");
+                }
+                Err(_) => return closed("tls_handshake_timeout"),
+            }
+        }
+    };
+    let activity = Activity::new();
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let (router, trusted) = (shared.router.clone(), shared.trusted.clone());
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let client = ClientAddr::resolve(peer, req.headers(), &trusted);
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.extensions_mut().insert(client);
+        router.clone().oneshot(req.map(Body::new))
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                if e.is_timeout() {
+                    closed("header_timeout");
+                } else {
+                    tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                }
+            }
+        }
+        _ = slot.evicted.cancelled() => closed("evicted"),
+        _ = activity.idle_for(limits.idle_timeout) => closed("idle_timeout"),
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pending-connection cap.
+
+/// Connections that have not upgraded yet, oldest first.
+struct Pending {
+    max: usize,
+    inner: Mutex<PendingInner>,
+}
+
+struct PendingInner {
+    next: u64,
+    /// Arrival number → the token that closes the connection.
+    open: BTreeMap<u64, CancellationToken>,
+}
+
+impl Pending {
+    fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            inner: Mutex::new(PendingInner {
+                next: 0,
+                open: BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingInner> {
+        // Nothing in a critical section can panic halfway.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new connection, evicting the oldest when the cap is reached.
+    fn admit(self: &Arc<Self>) -> PendingSlot {
+        let evicted = CancellationToken::new();
+        let mut inner = self.lock();
+        while inner.open.len() >= self.max {
+            match inner.open.pop_first() {
+                Some((_, oldest)) => oldest.cancel(),
+                None => break,
+            }
+        }
+        let id = inner.next;
+        inner.next += 1;
+        inner.open.insert(id, evicted.clone());
+        gauge!(m::HTTP_PENDING_CONNECTIONS).set(inner.open.len() as f64);
+        PendingSlot {
+            pending: self.clone(),
+            id,
+            evicted,
+        }
+    }
+
+    fn evict_oldest(&self) {
+        if let Some((_, oldest)) = self.lock().open.pop_first() {
+            oldest.cancel();
+        }
+    }
+}
+
+/// A pending connection's place; released when the connection upgrades or ends, however.
+struct PendingSlot {
+    pending: Arc<Pending>,
+    id: u64,
+    /// Cancelled when a newer connection takes this one's place.
+    evicted: CancellationToken,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut inner = self.pending.lock();
+        inner.open.remove(&self.id);
+        gauge!(m::HTTP_PENDING_CONNECTIONS).set(inner.open.len() as f64);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The connection's IO.
+
+/// A client connection, plain or TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The stream as hyper sees it: every byte moved counts as activity for the idle timeout.
+pub struct Tracked {
+    inner: Stream,
+    activity: Activity,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// When a connection last moved a byte, on the monotonic clock.
+#[derive(Clone)]
+struct Activity {
+    origin: Instant,
+    /// Milliseconds from `origin` to the last byte moved.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Takes an upgraded connection back as the client's stream and the bytes hyper had already
+/// read past the request (a client may send its first frame right behind the handshake).
+pub fn take_upgraded(upgraded: hyper::upgrade::Upgraded) -> Result<(Stream, Bytes), io::Error> {
+    match upgraded.downcast::<TokioIo<Tracked>>() {
+        Ok(parts) => Ok((parts.io.into_inner().inner, parts.read_buf)),
+        Err(_) => Err(io::Error::other(
+            "the upgraded connection is not one of this server's streams",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pending_cap_evicts_the_oldest() {
+        let pending = Arc::new(Pending::new(2));
+        let a = pending.admit();
+        let b = pending.admit();
+        assert!(!a.evicted.is_cancelled() && !b.evicted.is_cancelled());
+        let c = pending.admit();
+        assert!(a.evicted.is_cancelled(), "the oldest makes room");
+        assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled());
+        drop(b);
+        let d = pending.admit();
+        assert!(!c.evicted.is_cancelled() && !d.evicted.is_cancelled());
+        pending.evict_oldest();
+        assert!(c.evicted.is_cancelled());
+        drop(a);
+        assert_eq!(pending.lock().open.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idleness_counts_from_the_last_byte() {
+        let activity = Activity::new();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        activity.touch();
+        let started = Instant::now();
+        activity.idle_for(Duration::from_secs(10)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn accept_errors_are_classified() {
+        assert_eq!(
+            accept_error_kind(&io::Error::from_raw_os_error(24)),
+            "emfile"
+        );
+        assert!(is_per_connection(&io::Error::from(
+            io::ErrorKind::ConnectionAborted
+        )));
+        assert!(!is_per_connection(&io::Error::from_raw_os_error(24)));
+    }
+}

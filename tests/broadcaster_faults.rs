@@ -13,20 +13,6 @@ use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn seed(db: &TestDb, n: usize) {
-    let mut sql = String::new();
-    for i in 0..n {
-        sql.push_str(&format!(
-            "INSERT INTO events (id, title, sport, league, team_a, team_b, event_type, start_time)
-             VALUES ('e{i}', 'A long enough title for event number {i}', 'Football', 'Premier League',
-                     'Home team {i}', 'Away team {i}', 'upcoming', now() + interval '{i} minutes');
-             INSERT INTO outcomes (event_id, name, position, external_price)
-             VALUES ('e{i}', 'HOME', 0, 0.4), ('e{i}', 'DRAW', 1, 0.3), ('e{i}', 'AWAY', 2, 0.3);"
-        ));
-    }
-    db.exec(&sql).await;
-}
-
 fn env_for(
     db: &TestDb,
     redis: &str,
@@ -54,7 +40,7 @@ async fn subscribe(client: &mut WsClient, room: &str) -> RoomView {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_with_clients_connected_converges_without_help() {
     let db = TestDb::new().await;
-    seed(&db, 10).await;
+    seed_football(&db, 10).await;
     let mut redis = PrivateRedis::start().await;
     let (env, channel) = env_for(&db, &redis.url(), &[]);
     let server = Server::start(&["serve"], &env).await;
@@ -141,7 +127,7 @@ async fn stalled_client(addr: &str) -> WsStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_with_1013_and_nobody_else_waits() {
     let db = TestDb::new().await;
-    seed(&db, 150).await;
+    seed_football(&db, 150).await;
     let (env, channel) = env_for(
         &db,
         &redis_url(),
@@ -149,6 +135,7 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_nobody_else_waits() {
     );
     let server = Server::start(&["serve"], &env).await;
     wait_published(&redis_url(), &channel).await;
+    server.wait_stream_seq(1).await;
     let pid = server.child.id().unwrap();
     let rss_before = rss_kib(pid);
 
@@ -179,11 +166,12 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_nobody_else_waits() {
     let mut worst = 0i64;
     let mut closed_at = None;
     while started.elapsed() < Duration::from_secs(40) {
-        if let Some(msg) = healthy.next_json(Duration::from_millis(200)).await
-            && msg["type"] == "odds"
-        {
-            worst = worst
-                .max(chrono::Utc::now().timestamp_millis() - msg["publishedAt"].as_i64().unwrap());
+        if let Some(msg) = healthy.next_json(Duration::from_millis(200)).await {
+            if msg["type"] == "odds" {
+                worst = worst.max(
+                    chrono::Utc::now().timestamp_millis() - msg["publishedAt"].as_i64().unwrap(),
+                );
+            }
             view.apply(&msg);
         }
         if closed_at.is_none()
@@ -374,7 +362,7 @@ async fn connection_caps_origins_and_oversized_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_publisher_is_reported_stale_then_live() {
     let db = TestDb::new().await;
-    seed(&db, 2).await;
+    seed_football(&db, 2).await;
     let (env, channel) = env_for(&db, &redis_url(), &[("HEARTBEAT_INTERVAL_MS", "200")]);
     let server = Server::start(&["serve"], &env).await;
     wait_published(&redis_url(), &channel).await;
@@ -406,7 +394,7 @@ async fn a_silent_publisher_is_reported_stale_then_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_client_with_1001_and_exits() {
     let db = TestDb::new().await;
-    seed(&db, 3).await;
+    seed_football(&db, 3).await;
     let (env, channel) = env_for(&db, &redis_url(), &[]);
     let mut server = Server::start(&["serve"], &env).await;
     wait_published(&redis_url(), &channel).await;

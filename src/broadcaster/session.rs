@@ -335,7 +335,7 @@ pub async fn run(
     }
 
     let writer = writer::run(write, &outbox, &pong, limits.writer_timing());
-    let reader = session.read_loop(&mut ws, &pong);
+    let reader = session.read_side(&mut ws, &pong);
     tokio::pin!(writer, reader);
     let (mut writer_end, mut reader_end) = (None, None);
     // Set when only the client's close (or its disappearance) is still awaited.
@@ -353,8 +353,9 @@ pub async fn run(
                 }
             }
             end = &mut reader, if reader_end.is_none() => {
+                // The client is done (closed its side, or vanished); the writer finishes
+                // within its own deadline.
                 reader_end = Some(end);
-                outbox.close(end.closing());
                 if writer_end.is_some() {
                     break;
                 }
@@ -373,6 +374,26 @@ pub async fn run(
 }
 
 impl Session {
+    /// Reads client messages until the client closes, breaks the protocol or goes away;
+    /// then tells the outbox how the session ends and keeps reading (and discarding) until
+    /// the client closes its side, so that nothing unread is left when the socket is closed
+    /// (which would reset the connection and could destroy our close frame in transit).
+    async fn read_side<R>(
+        &mut self,
+        stream: &mut WebSocketStream<ProtocolIo<R>>,
+        pong: &PongClock,
+    ) -> ReadEnd
+    where
+        R: AsyncRead + Unpin,
+    {
+        let end = self.read_loop(stream, pong).await;
+        self.handle.outbox.close(end.closing());
+        if end != ReadEnd::Gone {
+            drain(&mut stream.get_mut().read).await;
+        }
+        end
+    }
+
     /// Reads client messages until the client closes, breaks the protocol or goes away.
     /// Once the session is closing, messages are read and discarded: the client's close
     /// frame (or its end of the stream) is what is awaited.
@@ -622,6 +643,24 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
+/// Most bytes read and discarded while waiting for the client to close; a client that keeps
+/// sending past this is cut off.
+const DRAIN_BYTES: usize = 1 << 20;
+
+/// Reads and discards until the client closes its side, fails, or sends too much. The
+/// session's close deadline bounds how long this may take.
+async fn drain<R: AsyncRead + Unpin>(read: &mut R) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    while total < DRAIN_BYTES {
+        match read.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
+}
+
 /// The read side's end for a stream error: the RFC 6455 close code for what the client did
 /// wrong, or nothing to say when the connection just broke.
 fn read_error(error: WsError) -> ReadEnd {
@@ -657,6 +696,7 @@ fn read_error(error: WsError) -> ReadEnd {
 mod tests {
     use super::*;
     use crate::broadcaster::rooms::HubLimits;
+    use proptest::prelude::*;
 
     fn ctx() -> SessionContext {
         SessionContext {
@@ -762,5 +802,99 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert!(rate.allow());
         assert!(!rate.allow());
+    }
+
+    /// A client message a fuzzer would send: arbitrary bytes, or JSON objects built from the
+    /// protocol's own keys with values of every type.
+    fn client_message() -> impl Strategy<Value = String> {
+        let value = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            prop_oneof![
+                Just("subscribe"),
+                Just("unsubscribe"),
+                Just("auth"),
+                Just("rooms"),
+                Just("ping"),
+                Just("latency"),
+                Just("sport:all"),
+                Just("sport:football"),
+                Just("event:e1"),
+                Just("user:u1"),
+                Just("admin"),
+                Just("chat:x"),
+                Just("sport:"),
+                Just("event:"),
+                Just("")
+            ]
+            .prop_map(serde_json::Value::from),
+            ".{0,300}".prop_map(serde_json::Value::from),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(|v| serde_json::json!(v)),
+        ];
+        let key = prop_oneof![
+            Just("type"),
+            Just("room"),
+            Just("epoch"),
+            Just("seq"),
+            Just("id"),
+            Just("token"),
+            Just("ms"),
+            Just("extra")
+        ];
+        let object = proptest::collection::btree_map(key, value, 0..7)
+            .prop_map(|m| serde_json::to_string(&m).unwrap_or_default());
+        let bytes = proptest::collection::vec(any::<u8>(), 0..5000)
+            .prop_map(|b| String::from_utf8_lossy(&b).into_owned());
+        prop_oneof![3 => object, 1 => bytes]
+    }
+
+    /// Cases per run: `FUZZ_CASES` (the default of 400 takes a few seconds in a debug build;
+    /// `FUZZ_CASES=100000 cargo test --release --lib any_client_message` for a long run).
+    fn fuzz_cases() -> u32 {
+        std::env::var("FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(400)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: fuzz_cases(), ..ProptestConfig::default() })]
+
+        /// The client-message fuzz target: whatever a client sends, the session answers with
+        /// well-formed frames, never panics, never closes the connection for it, and never
+        /// holds more rooms than allowed.
+        #[test]
+        fn any_client_message_gets_a_well_formed_answer(
+            messages in proptest::collection::vec(client_message(), 1..25)
+        ) {
+            let mut c = ctx();
+            c.limits.messages_per_minute = u32::MAX;
+            let ctx = Arc::new(c);
+            let outbox = Arc::new(Outbox::new(OutboxLimits { frames: 10_000, bytes: 1 << 24 }));
+            let _membership = ctx.hub.connect(7);
+            let mut session = Session {
+                rate: RateLimit::new(ctx.limits.messages_per_minute),
+                ctx: ctx.clone(),
+                handle: SessionHandle { id: 7, outbox: outbox.clone() },
+                identity: None,
+                last_rate_error: None,
+                last_latency: None,
+            };
+            for message in &messages {
+                session.on_text(message);
+            }
+            prop_assert_eq!(outbox.closing(), None);
+            prop_assert!(ctx.hub.rooms_of(7).len() <= ctx.limits.max_rooms);
+            let (mut control, mut data) = (Vec::new(), std::collections::VecDeque::new());
+            outbox.take(&mut control, &mut data, usize::MAX, usize::MAX);
+            prop_assert!(!data.is_empty(), "every message gets an answer");
+            for frame in data {
+                let v: serde_json::Value = serde_json::from_slice(frame.frame.payload())
+                    .map_err(|e| TestCaseError::fail(format!("not JSON: {e}")))?;
+                prop_assert!(v["type"].is_string(), "{}", v);
+            }
+        }
     }
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use metrics::{Histogram, counter, histogram};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -178,19 +179,18 @@ impl Batch {
         dropped
     }
 
-    fn slices(&self) -> Vec<IoSlice<'_>> {
-        self.frames
-            .iter()
-            .take(BATCH_FRAMES)
-            .enumerate()
-            .map(|(i, p)| {
-                IoSlice::new(if i == 0 {
-                    &p.bytes[self.offset..]
-                } else {
-                    &p.bytes
-                })
-            })
-            .collect()
+    /// Points `slices` at the frames to write; returns how many it filled.
+    fn fill_slices<'a>(&'a self, slices: &mut [IoSlice<'a>; BATCH_FRAMES]) -> usize {
+        let mut n = 0;
+        for (slot, piece) in slices.iter_mut().zip(&self.frames) {
+            *slot = IoSlice::new(if n == 0 {
+                &piece.bytes[self.offset..]
+            } else {
+                &piece.bytes
+            });
+            n += 1;
+        }
+        n
     }
 
     /// Accounts for `n` bytes written; returns the data frames completed.
@@ -219,14 +219,17 @@ impl Batch {
 /// What woke the writer up.
 enum Wake {
     Wrote(io::Result<usize>),
-    WriteTimeout,
-    PongDue,
-    PingDue,
+    Timer,
     Changed,
 }
 
 /// Writes until the session is closed or the socket fails. Never waits on the client
 /// without a deadline.
+///
+/// Cost per frame for a client that keeps up: one lock of the outbox and one write, no timer
+/// operation. The write is tried before anything waits, and a single timer (re-armed only
+/// when it fires, or when a write blocks and the write deadline is the nearest) covers the
+/// ping schedule, the pong deadline and the write deadline.
 pub async fn run<W: AsyncWrite + Unpin>(
     mut io: W,
     outbox: &Outbox,
@@ -241,6 +244,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
     let (mut control, mut data, mut done) = (Vec::new(), VecDeque::new(), Vec::new());
     let mut next_ping = Instant::now() + timing.ping_interval;
     let mut last_progress = Instant::now();
+    let timer = tokio::time::sleep_until(next_ping.min(pong.deadline(timing.pong_timeout)));
+    tokio::pin!(timer);
     // `Some` once the outbox said how this session ends.
     let mut ending: Option<WriterEnd> = None;
     loop {
@@ -283,14 +288,33 @@ pub async fn run<W: AsyncWrite + Unpin>(
             return end;
         }
 
-        let open = ending.is_none();
-        let wake = tokio::select! {
-            biased;
-            result = write_some(&mut io, &batch), if !batch.is_empty() => Wake::Wrote(result),
-            _ = tokio::time::sleep_until(last_progress + timing.write_timeout), if !batch.is_empty() => Wake::WriteTimeout,
-            _ = tokio::time::sleep_until(pong.deadline(timing.pong_timeout)), if open => Wake::PongDue,
-            _ = tokio::time::sleep_until(next_ping), if open => Wake::PingDue,
-            _ = outbox.changed(), if open => Wake::Changed,
+        // A client that keeps up takes the write at once: no timer, no select.
+        let mut wake = None;
+        if !batch.is_empty() {
+            wake = write_some(&mut io, &batch).now_or_never().map(Wake::Wrote);
+        }
+        let wake = match wake {
+            Some(wake) => wake,
+            None => {
+                let open = ending.is_none();
+                let mut due = next_ping;
+                if open {
+                    due = due.min(pong.deadline(timing.pong_timeout));
+                }
+                if !batch.is_empty() {
+                    due = due.min(last_progress + timing.write_timeout);
+                }
+                // A later deadline waits for the timer to fire early and be re-armed.
+                if timer.deadline() > due {
+                    timer.as_mut().reset(due);
+                }
+                tokio::select! {
+                    biased;
+                    result = write_some(&mut io, &batch), if !batch.is_empty() => Wake::Wrote(result),
+                    _ = &mut timer => Wake::Timer,
+                    _ = outbox.changed(), if open => Wake::Changed,
+                }
+            }
         };
         match wake {
             Wake::Wrote(Ok(0)) | Wake::Wrote(Err(_)) => {
@@ -307,23 +331,31 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     }
                 }
             }
-            Wake::WriteTimeout => {
-                counter!(m::WS_WRITE_TIMEOUTS).increment(1);
-                outbox.close(Closing::Abort);
-                return WriterEnd::WriteTimeout;
-            }
-            Wake::PongDue => {
-                if pong.silence() >= timing.pong_timeout {
+            Wake::Timer => {
+                let now = Instant::now();
+                if !batch.is_empty() && now >= last_progress + timing.write_timeout {
+                    counter!(m::WS_WRITE_TIMEOUTS).increment(1);
+                    outbox.close(Closing::Abort);
+                    return WriterEnd::WriteTimeout;
+                }
+                if ending.is_none() && pong.silence() >= timing.pong_timeout {
                     counter!(m::WS_PONG_TIMEOUTS).increment(1);
                     outbox.close(Closing::Server {
                         code: CLOSE_NO_PONG,
                         reason: "no pong",
                     });
                 }
-            }
-            Wake::PingDue => {
-                next_ping = Instant::now() + timing.ping_interval;
-                batch.insert_control(WireFrame::ping().bytes().clone());
+                if now >= next_ping {
+                    next_ping = now + timing.ping_interval;
+                    if ending.is_none() {
+                        batch.insert_control(WireFrame::ping().bytes().clone());
+                    }
+                }
+                let mut due = next_ping;
+                if ending.is_none() {
+                    due = due.min(pong.deadline(timing.pong_timeout).max(now));
+                }
+                timer.as_mut().reset(due);
             }
             Wake::Changed => {}
         }
@@ -333,8 +365,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
 /// One vectored write of the batch (cancel-safe: a write that has not completed wrote
 /// nothing).
 async fn write_some<W: AsyncWrite + Unpin>(io: &mut W, batch: &Batch) -> io::Result<usize> {
-    let slices = batch.slices();
-    io.write_vectored(&slices).await
+    let mut slices = [IoSlice::new(&[]); BATCH_FRAMES];
+    let n = batch.fill_slices(&mut slices);
+    io.write_vectored(&slices[..n]).await
 }
 
 #[cfg(test)]

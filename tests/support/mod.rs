@@ -108,7 +108,22 @@ pub struct Server {
 impl Server {
     /// Starts `oddsfeed <args>` with `env` and waits until it listens.
     pub async fn start(args: &[&str], env: &[(&str, String)]) -> Self {
+        Self::launch(args, env, None).await
+    }
+
+    /// Like [`Server::start`], with the open-files limit (soft and hard) set to `limit`.
+    pub async fn start_with_open_files(args: &[&str], env: &[(&str, String)], limit: u64) -> Self {
+        Self::launch(args, env, Some(limit)).await
+    }
+
+    async fn launch(args: &[&str], env: &[(&str, String)], open_files: Option<u64>) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_oddsfeed"));
+        if let Some(limit) = open_files {
+            // SAFETY: setrlimit is async-signal-safe and touches only the child being set up.
+            unsafe {
+                cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
+            }
+        }
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -776,4 +791,178 @@ pub async fn set_redis_password(url: &str, password: &str) {
         .query_async(&mut conn)
         .await
         .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw sockets: a WebSocket handshake by hand, and frames read and written byte by byte, for
+// clients that misbehave in ways a WebSocket library will not.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Opens a TCP connection and completes a WebSocket handshake with `extra` headers; returns
+/// the socket right after the `101` response (nothing of the WebSocket read yet).
+pub async fn raw_upgrade(addr: &str, path: &str, extra: &[(&str, &str)]) -> tokio::net::TcpStream {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    raw_handshake(tcp, addr, path, extra).await
+}
+
+/// The handshake of [`raw_upgrade`] on a socket the caller connected (with its own buffer
+/// sizes, say).
+pub async fn raw_handshake(
+    mut tcp: tokio::net::TcpStream,
+    addr: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> tokio::net::TcpStream {
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    for (k, v) in extra {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("send the handshake");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = timeout(Duration::from_secs(10), tcp.read(&mut byte))
+            .await
+            .expect("handshake answer in time")
+            .expect("read the handshake answer");
+        assert_eq!(
+            n,
+            1,
+            "connection closed during the handshake: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
+    tcp
+}
+
+/// A client frame: masked (unless `masked` is false), with the given first byte (FIN, RSV
+/// bits, opcode) and payload.
+pub fn client_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![first];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= 0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// What a raw client read from the server.
+#[derive(Debug, Default)]
+pub struct RawRead {
+    /// Text frames, as text.
+    pub texts: Vec<String>,
+    pub pings: usize,
+    /// The close frame's code, if one came.
+    pub close: Option<u16>,
+    /// The server closed the TCP connection (EOF after everything).
+    pub eof: bool,
+    /// The connection was reset.
+    pub reset: bool,
+}
+
+/// Reads server frames until the connection ends or `wait` passes.
+pub async fn read_raw(tcp: &mut tokio::net::TcpStream, wait: Duration) -> RawRead {
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+    let deadline = Instant::now() + wait;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut out = RawRead::default();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        // Parse what is buffered.
+        loop {
+            let mut cursor = std::io::Cursor::new(&buf[..]);
+            let Ok(Some((header, len))) = FrameHeader::parse(&mut cursor) else {
+                break;
+            };
+            let start = cursor.position() as usize;
+            let end = start + len as usize;
+            if buf.len() < end {
+                break;
+            }
+            let payload = buf[start..end].to_vec();
+            buf.drain(..end);
+            use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+            match header.opcode {
+                OpCode::Data(Data::Text) => {
+                    out.texts.push(String::from_utf8_lossy(&payload).into())
+                }
+                OpCode::Control(Control::Ping) => out.pings += 1,
+                OpCode::Control(Control::Close) => {
+                    out.close =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                }
+                _ => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) => {
+                out.eof = true;
+                return out;
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(_)) => {
+                out.reset = true;
+                return out;
+            }
+            Err(_) => return out,
+        }
+    }
+}
+
+/// Open file descriptors of a process (Linux).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// User plus system CPU time of a process, in clock ticks (Linux).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// `n` upcoming football events `e0..e<n>` with HOME/DRAW/AWAY outcomes and long titles
+/// (about 700 bytes each on the wire).
+pub async fn seed_football(db: &TestDb, n: usize) {
+    let mut sql = String::new();
+    for i in 0..n {
+        sql.push_str(&format!(
+            "INSERT INTO events (id, title, sport, league, team_a, team_b, event_type, start_time)
+             VALUES ('e{i}', 'A long enough title for event number {i}', 'Football', 'Premier League',
+                     'Home team {i}', 'Away team {i}', 'upcoming', now() + interval '{i} minutes');
+             INSERT INTO outcomes (event_id, name, position, external_price)
+             VALUES ('e{i}', 'HOME', 0, 0.4), ('e{i}', 'DRAW', 1, 0.3), ('e{i}', 'AWAY', 2, 0.3);"
+        ));
+    }
+    db.exec(&sql).await;
 }

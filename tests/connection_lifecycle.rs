@@ -220,6 +220,13 @@ async fn hostile_tokens_are_refused_and_leave_no_ghost() {
         clients.push(c);
     }
     wait_connections(&server, 2, WAIT).await;
+    // welcome, three errors and a pong each: replies are counted.
+    assert!(
+        metric_value(
+            &server.metrics().await,
+            "oddsfeed_ws_messages_sent_total{kind=\"reply\"}"
+        ) >= 10.0
+    );
     drop(clients);
     wait_connections(&server, 0, WAIT).await;
     assert_eq!(

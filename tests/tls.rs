@@ -72,3 +72,68 @@ async fn a_missing_key_file_stops_the_process_at_boot_with_a_clear_error() {
     let _ = std::fs::remove_dir_all(dir);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_client_that_pauses_catches_up_without_a_gap() {
+    let db = TestDb::new().await;
+    seed_football(&db, 150).await;
+    let (dir, cert) = self_signed_cert();
+    let (mut env, channel) = publisher_env(&db, &redis_url());
+    env.retain(|(k, _)| *k != "TICK_INTERVAL_MS");
+    env.push(("TICK_INTERVAL_MS", "50".into()));
+    env.push(("TLS_CERT", dir.join("cert.pem").display().to_string()));
+    env.push(("TLS_KEY", dir.join("key.pem").display().to_string()));
+    let server = Server::start(&["serve"], &env).await;
+    wait_published(&redis_url(), &channel).await;
+    let tls = tls_connect_with(&server.addr, &cert, Some(4096))
+        .await
+        .expect("TLS handshake");
+    let (ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+        .await
+        .expect("wss upgrade");
+    let mut client = WsClient::from_stream(ws);
+    client.expect_type("welcome", WAIT).await;
+    client
+        .send(serde_json::json!({"type": "subscribe", "room": "sport:all"}))
+        .await;
+    let mut view = RoomView::default();
+    view.apply(&client.expect_type("snapshot", WAIT).await);
+    // Big messages while the client does not read: the server's TLS writes block, and what
+    // they buffered must still be flushed once the client reads again.
+    let pool = db.pool.clone();
+    let churn = tokio::spawn(async move {
+        for _ in 0..80 {
+            let _ = sqlx::query(
+                "UPDATE outcomes SET external_price = round((random() * 0.8 + 0.1)::numeric, 4)",
+            )
+            .execute(&pool)
+            .await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    });
+    churn.await.unwrap();
+    // Nothing changes any more: the last messages must arrive without a later frame pushing
+    // them out (rustls holds what a blocked write accepted until the stream is flushed).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Catch up until the view equals the published state.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        while let Some(msg) = client.next_json(Duration::from_millis(300)).await {
+            view.apply(&msg);
+        }
+        let (meta, stored) = stored_state(&redis_url(), &channel).await;
+        if view.events == stored && meta.get("seq") == Some(&view.seq.to_string()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the wss client did not catch up: at seq {} of {:?}",
+            view.seq,
+            meta.get("seq")
+        );
+    }
+    assert!(view.gaps.is_empty(), "{:?}", view.gaps);
+    assert!(view.diffs > 20, "{} diffs", view.diffs);
+    let _ = std::fs::remove_dir_all(dir);
+    db.drop_db().await;
+}

@@ -218,7 +218,8 @@ impl Batch {
 
 /// What woke the writer up.
 enum Wake {
-    Wrote(io::Result<usize>),
+    /// A write (`Some(bytes)`) or a flush (`None`) completed.
+    Wrote(io::Result<Option<usize>>),
     Timer,
     Changed,
 }
@@ -248,6 +249,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
     tokio::pin!(timer);
     // `Some` once the outbox said how this session ends.
     let mut ending: Option<WriterEnd> = None;
+    // Bytes were written since the last flush.
+    let mut unflushed = false;
     loop {
         // Take what is pending; once closing, data frames not yet started are dropped.
         let was_empty = batch.is_empty();
@@ -281,6 +284,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             last_progress = Instant::now();
         }
         if batch.is_empty()
+            && !unflushed
             && let Some(end) = ending
         {
             // Everything is out: FIN, so the client sees the end after our last frame.
@@ -288,10 +292,15 @@ pub async fn run<W: AsyncWrite + Unpin>(
             return end;
         }
 
-        // A client that keeps up takes the write at once: no timer, no select.
+        // Busy: something to write, or written bytes a TLS layer may still hold (a plain
+        // socket's flush is free). A client that keeps up takes the write at once: no timer,
+        // no select.
+        let busy = !batch.is_empty() || unflushed;
         let mut wake = None;
-        if !batch.is_empty() {
-            wake = write_some(&mut io, &batch).now_or_never().map(Wake::Wrote);
+        if busy {
+            wake = write_or_flush(&mut io, &batch)
+                .now_or_never()
+                .map(Wake::Wrote);
         }
         let wake = match wake {
             Some(wake) => wake,
@@ -301,7 +310,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 if open {
                     due = due.min(pong.deadline(timing.pong_timeout));
                 }
-                if !batch.is_empty() {
+                if busy {
                     due = due.min(last_progress + timing.write_timeout);
                 }
                 // A later deadline waits for the timer to fire early and be re-armed.
@@ -310,19 +319,24 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 }
                 tokio::select! {
                     biased;
-                    result = write_some(&mut io, &batch), if !batch.is_empty() => Wake::Wrote(result),
+                    result = write_or_flush(&mut io, &batch), if busy => Wake::Wrote(result),
                     _ = &mut timer => Wake::Timer,
                     _ = outbox.changed(), if open => Wake::Changed,
                 }
             }
         };
         match wake {
-            Wake::Wrote(Ok(0)) | Wake::Wrote(Err(_)) => {
+            Wake::Wrote(Ok(Some(0))) | Wake::Wrote(Err(_)) => {
                 outbox.close(Closing::Abort);
                 return WriterEnd::Broken;
             }
-            Wake::Wrote(Ok(n)) => {
+            Wake::Wrote(Ok(None)) => {
                 last_progress = Instant::now();
+                unflushed = false;
+            }
+            Wake::Wrote(Ok(Some(n))) => {
+                last_progress = Instant::now();
+                unflushed = true;
                 batch.advance(n, &mut done);
                 if !done.is_empty() {
                     outbox.release(done.iter().map(|f| f.frame.len()).sum());
@@ -333,7 +347,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             }
             Wake::Timer => {
                 let now = Instant::now();
-                if !batch.is_empty() && now >= last_progress + timing.write_timeout {
+                if busy && now >= last_progress + timing.write_timeout {
                     counter!(m::WS_WRITE_TIMEOUTS).increment(1);
                     outbox.close(Closing::Abort);
                     return WriterEnd::WriteTimeout;
@@ -362,12 +376,19 @@ pub async fn run<W: AsyncWrite + Unpin>(
     }
 }
 
-/// One vectored write of the batch (cancel-safe: a write that has not completed wrote
-/// nothing).
-async fn write_some<W: AsyncWrite + Unpin>(io: &mut W, batch: &Batch) -> io::Result<usize> {
+/// One vectored write of the batch, or a flush when the batch is empty (both cancel-safe: a
+/// write that has not completed wrote nothing). A plain socket's flush returns at once; a TLS
+/// stream's sends the records it still holds.
+async fn write_or_flush<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    batch: &Batch,
+) -> io::Result<Option<usize>> {
+    if batch.is_empty() {
+        return io.flush().await.map(|()| None);
+    }
     let mut slices = [IoSlice::new(&[]); BATCH_FRAMES];
     let n = batch.fill_slices(&mut slices);
-    io.write_vectored(&slices[..n]).await
+    io.write_vectored(&slices[..n]).await.map(Some)
 }
 
 #[cfg(test)]

@@ -755,13 +755,27 @@ pub async fn tls_connect(
     addr: &str,
     cert: &Certificate,
 ) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    tls_connect_with(addr, cert, None).await
+}
+
+/// [`tls_connect`] with the socket's receive buffer set to `recv_buffer` bytes (a small one
+/// makes the server's writes block as soon as the client stops reading).
+pub async fn tls_connect_with(
+    addr: &str,
+    cert: &Certificate,
+    recv_buffer: Option<u32>,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use tokio_rustls::rustls;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).ok()?;
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).ok()?;
+    }
+    let tcp = socket.connect(addr.parse().ok()?).await.ok()?;
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(
             rustls::pki_types::ServerName::try_from("localhost").ok()?,

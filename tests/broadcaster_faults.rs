@@ -150,17 +150,7 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_nobody_else_waits() {
     let mut view = subscribe(&mut healthy, "sport:all").await;
 
     // Every event changes every tick: ~100 KB per message.
-    let pool = db.pool.clone();
-    let churn = tokio::spawn(async move {
-        loop {
-            let _ = sqlx::query(
-                "UPDATE outcomes SET external_price = round((random() * 0.8 + 0.1)::numeric, 4)",
-            )
-            .execute(&pool)
-            .await;
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-    });
+    let churn = spawn_price_churn(db.pool.clone(), Duration::from_millis(40), None);
 
     let started = Instant::now();
     let mut worst = 0i64;

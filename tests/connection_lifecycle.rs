@@ -173,14 +173,13 @@ async fn a_client_that_stops_reading_responses_hits_the_idle_timeout() {
     let mut tcp = socket.connect(server.addr.parse().unwrap()).await.unwrap();
     let requests = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
     let _ = tokio::time::timeout(WAIT, tcp.write_all(requests.as_bytes())).await;
-    eventually(WAIT, "the idle timeout", || async {
-        (metric_value(
-            &server.metrics().await,
+    server
+        .wait_metric(
             "oddsfeed_http_connections_closed_total{reason=\"idle_timeout\"}",
-        ) >= 1.0)
-            .then_some(())
-    })
-    .await;
+            1.0,
+            WAIT,
+        )
+        .await;
     let read = read_raw(&mut tcp, WAIT).await;
     assert!(read.eof || read.reset, "the socket is closed");
 }
@@ -442,14 +441,9 @@ async fn a_slow_client_with_unread_input_still_reads_1013() {
         let _ = tcp.write_all(&rooms).await;
         tcp
     });
-    eventually(WAIT, "the slow client closed", || async {
-        (metric_value(
-            &server.metrics().await,
-            "oddsfeed_ws_slow_clients_closed_total",
-        ) >= 1.0)
-            .then_some(())
-    })
-    .await;
+    server
+        .wait_metric("oddsfeed_ws_slow_clients_closed_total", 1.0, WAIT)
+        .await;
     let mut tcp = tokio::time::timeout(WAIT, writer).await.unwrap().unwrap();
     // Read only after the server has let go of the socket (WS_CLOSE_TIMEOUT_MS): what it had
     // sent must still arrive, which it does not if unread input turned the close into a reset.

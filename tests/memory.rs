@@ -56,24 +56,17 @@ async fn never_reading_clients_meet_their_byte_budget_and_memory_comes_back() {
     let pid = server.child.id().unwrap();
 
     // Every event changes every tick: ~100 KB per message, a ~100 KB snapshot.
-    let pool = db.pool.clone();
-    let churn = tokio::spawn(async move {
-        loop {
-            let _ = sqlx::query(
-                "UPDATE outcomes SET external_price = round((random() * 0.8 + 0.1)::numeric, 4)",
-            )
-            .execute(&pool)
-            .await;
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-    });
+    let churn = spawn_price_churn(db.pool.clone(), Duration::from_millis(40), None);
 
     // One client that never reads: closed with 1013 once it holds its budget.
     let mut first = stalled_subscriber(&server.addr).await.unwrap();
-    eventually(WAIT, "the byte budget to close the client", || async {
-        (slow_closed(&server.metrics().await) >= 1.0).then_some(())
-    })
-    .await;
+    server
+        .wait_metric(
+            "oddsfeed_ws_slow_clients_closed_total{limit=\"bytes\"}",
+            1.0,
+            WAIT,
+        )
+        .await;
     let read = read_raw(&mut first, WAIT).await;
     assert_eq!(
         read.close,

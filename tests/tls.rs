@@ -100,17 +100,7 @@ async fn a_wss_client_that_pauses_catches_up_without_a_gap() {
     view.apply(&client.expect_type("snapshot", WAIT).await);
     // Big messages while the client does not read: the server's TLS writes block, and what
     // they buffered must still be flushed once the client reads again.
-    let pool = db.pool.clone();
-    let churn = tokio::spawn(async move {
-        for _ in 0..80 {
-            let _ = sqlx::query(
-                "UPDATE outcomes SET external_price = round((random() * 0.8 + 0.1)::numeric, 4)",
-            )
-            .execute(&pool)
-            .await;
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-    });
+    let churn = spawn_price_churn(db.pool.clone(), Duration::from_millis(40), Some(80));
     churn.await.unwrap();
     // Nothing changes any more: the last messages must arrive without a later frame pushing
     // them out (rustls holds what a blocked write accepted until the stream is flushed).

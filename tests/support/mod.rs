@@ -233,6 +233,14 @@ impl Server {
         .await;
     }
 
+    /// Waits until the samples of the metric starting with `prefix` sum to `at_least`.
+    pub async fn wait_metric(&self, prefix: &str, at_least: f64, wait: Duration) {
+        eventually(wait, prefix, || async {
+            (metric_value(&self.metrics().await, prefix) >= at_least).then_some(())
+        })
+        .await;
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(self.url("/metrics"))
             .await
@@ -979,4 +987,25 @@ pub async fn seed_football(db: &TestDb, n: usize) {
         ));
     }
     db.exec(&sql).await;
+}
+
+/// Moves every outcome's price at random every `every`, `rounds` times (or until aborted), so
+/// every tick publishes every event.
+pub fn spawn_price_churn(
+    pool: PgPool,
+    every: Duration,
+    rounds: Option<usize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut done = 0;
+        while rounds.is_none_or(|r| done < r) {
+            let _ = sqlx::query(
+                "UPDATE outcomes SET external_price = round((random() * 0.8 + 0.1)::numeric, 4)",
+            )
+            .execute(&pool)
+            .await;
+            done += 1;
+            tokio::time::sleep(every).await;
+        }
+    })
 }

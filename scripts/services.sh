@@ -35,6 +35,9 @@ command -v systemd-analyze >/dev/null 2>&1 || need_packages+=(systemd)
 command -v node >/dev/null 2>&1 || need_packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_packages+=(npm)
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
+# `ss` shows the listen backlog in the connection-lifecycle tests; `make` builds jemalloc.
+command -v ss >/dev/null 2>&1 || need_packages+=(iproute2)
+command -v make >/dev/null 2>&1 || need_packages+=(make)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   need_packages+=(docker-compose)
 fi

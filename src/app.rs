@@ -317,8 +317,10 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         publisher_handle = Some(handle);
     }
 
-    let trusted =
-        Arc::new(net::TrustedProxies::parse(&config.trusted_proxies).map_err(anyhow::Error::msg)?);
+    let trusted = Arc::new(
+        net::TrustedProxies::with_header(&config.trusted_proxies, config.trusted_proxy_header)
+            .map_err(anyhow::Error::msg)?,
+    );
     let http_limits = config.http_limits();
     let mut broadcaster_health = None;
     if roles.broadcaster {

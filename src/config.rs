@@ -280,8 +280,13 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<String>,
 
-    /// Longest a client JWT may still be valid: a token whose `exp` is further ahead is
-    /// refused.
+    /// The header TRUSTED_PROXIES write the client address into: x-forwarded-for, forwarded
+    /// (RFC 7239) or x-real-ip. Only this one is read; the others pass through from clients.
+    #[arg(long, env = "TRUSTED_PROXY_HEADER", value_enum, default_value_t = crate::net::client_addr::ProxyHeader::XForwardedFor, global = true)]
+    pub trusted_proxy_header: crate::net::client_addr::ProxyHeader,
+
+    /// Longest a client JWT may live: a token whose `exp` is further ahead than this, or
+    /// further after its `iat`, is refused.
     #[arg(
         long,
         env = "JWT_MAX_LIFETIME_SECS",
@@ -453,8 +458,9 @@ impl Config {
             "MAX_CLIENT_MESSAGE_BYTES must be at least 64"
         );
         anyhow::ensure!(
-            self.send_buffer_bytes > self.replay_buffer_bytes,
-            "SEND_BUFFER_BYTES ({}) must exceed REPLAY_BUFFER_BYTES ({}), or a resume could overflow it",
+            self.send_buffer_bytes
+                > self.replay_buffer_bytes + crate::broadcaster::outbox::IDLE_BYTES,
+            "SEND_BUFFER_BYTES ({}) must exceed REPLAY_BUFFER_BYTES ({}) by more than 64 KiB, or a resume could overflow it",
             self.send_buffer_bytes,
             self.replay_buffer_bytes
         );

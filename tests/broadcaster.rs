@@ -479,6 +479,7 @@ async fn bridged_channels_route_by_room_and_channel_with_access_rules() {
                 sub: sub.into(),
                 role: role.map(str::to_string),
                 exp,
+                iat: None,
             },
         )
         .unwrap()
@@ -515,6 +516,7 @@ async fn bridged_channels_route_by_room_and_channel_with_access_rules() {
                 sub: "eve".into(),
                 role: Some("admin".into()),
                 exp: u64::MAX / 2,
+                iat: None,
             },
         );
         forged.unwrap()

@@ -14,6 +14,9 @@ pub struct Claims {
     pub role: Option<String>,
     /// Expiry, Unix seconds.
     pub exp: u64,
+    /// Issued at, Unix seconds (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 /// An authenticated connection's identity.
@@ -82,9 +85,13 @@ impl Verifier {
         let latest = jsonwebtoken::get_current_timestamp()
             .saturating_add(self.max_lifetime)
             .saturating_add(LEEWAY);
-        if data.claims.exp > latest {
+        let issued_for = data
+            .claims
+            .iat
+            .map_or(0, |iat| data.claims.exp.saturating_sub(iat));
+        if data.claims.exp > latest || issued_for > self.max_lifetime.saturating_add(LEEWAY) {
             return Err(format!(
-                "token lives too long: exp is more than {} s ahead (JWT_MAX_LIFETIME_SECS)",
+                "token lives too long: exp is more than {} s ahead or after iat (JWT_MAX_LIFETIME_SECS)",
                 self.max_lifetime
             ));
         }
@@ -133,6 +140,18 @@ mod tests {
         assert!(verifier.verify(&two_hours).is_err());
         let hour = sign_value("k", &json!({"sub": "u1", "exp": now() + 3500})).unwrap();
         assert!(verifier.verify(&hour).is_ok());
+        // Issued for ten years, in its last hour now: still too long-lived.
+        let old = sign_value(
+            "k",
+            &json!({"sub": "u1", "exp": now() + 600, "iat": now() - 315_360_000}),
+        )
+        .unwrap();
+        assert!(
+            verifier
+                .verify(&old)
+                .unwrap_err()
+                .contains("lives too long")
+        );
         let later = sign_value(
             "k",
             &json!({"sub": "u1", "exp": now() + 600, "nbf": now() + 300}),
@@ -166,6 +185,7 @@ mod tests {
             sub: "u1".into(),
             role: Some("admin".into()),
             exp: now() + 60,
+            iat: Some(now()),
         };
         let token = sign("s3cret", &claims).unwrap();
         let id = verifier.verify(&token).unwrap();

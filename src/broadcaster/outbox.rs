@@ -24,9 +24,13 @@ use crate::telemetry as m;
 /// Close code for a client that cannot keep up (RFC 6455 "try again later").
 pub const CLOSE_SLOW_CLIENT: u16 = 1013;
 
-/// Most control frames waiting at once; more (a ping flood) are dropped: answering the
-/// latest ping is enough (RFC 6455 §5.5.3).
+/// Most control frames waiting at once; in a ping flood the oldest pong makes room: answering
+/// the latest ping is enough (RFC 6455 §5.5.3).
 const CONTROL_FRAMES: usize = 8;
+
+/// Below this many bytes queued, any frame is accepted, so one frame larger than the whole
+/// budget (a big snapshot, right behind its `subscribed` reply) does not lock a client out.
+pub const IDLE_BYTES: usize = 64 * 1024;
 
 /// One frame on its way to a socket.
 #[derive(Debug, Clone)]
@@ -91,6 +95,8 @@ struct Queue {
     closing: Option<Closing>,
     /// The close frame (ours) was handed to the writer: nothing may follow it.
     close_taken: bool,
+    /// The reply to the client's close frame is queued: nothing may follow it either.
+    peer_close_queued: bool,
 }
 
 /// A session's bounded queue.
@@ -110,6 +116,7 @@ impl Outbox {
                 bytes: 0,
                 closing: None,
                 close_taken: false,
+                peer_close_queued: false,
             }),
             changed: Notify::new(),
         }
@@ -128,9 +135,7 @@ impl Outbox {
             return false;
         }
         let size = frame.frame.len();
-        // A frame larger than the whole budget still goes to an otherwise idle session, so
-        // a snapshot above the budget does not lock a client out; anything more is too much.
-        let over_bytes = q.bytes > 0 && q.bytes + size > self.limits.bytes;
+        let over_bytes = q.bytes > IDLE_BYTES && q.bytes + size > self.limits.bytes;
         if q.data.len() >= self.limits.frames || over_bytes {
             let reason = if over_bytes {
                 "send buffer full"
@@ -161,11 +166,22 @@ impl Outbox {
     }
 
     /// Queues a control frame produced by the protocol layer (a pong, the reply to a close).
-    /// Dropped once our own close frame is out, or when the lane is full.
+    /// Nothing is queued after our own close frame or after the reply to the client's. The
+    /// reply to a close makes it the session's last frame: no close frame of ours follows it,
+    /// whatever closing had begun.
     pub fn push_control(&self, frame: Bytes) {
         let mut q = self.lock();
-        if q.close_taken || q.closing == Some(Closing::Abort) || q.control.len() >= CONTROL_FRAMES {
+        if q.close_taken || q.peer_close_queued || q.closing == Some(Closing::Abort) {
             return;
+        }
+        // 0x88: FIN and the close opcode (server frames carry no mask bit).
+        if frame.first() == Some(&0x88) {
+            q.peer_close_queued = true;
+            q.closing = Some(Closing::Peer);
+            let dropped: usize = q.data.drain(..).map(|f| f.frame.len()).sum();
+            q.bytes -= dropped;
+        } else if q.control.len() >= CONTROL_FRAMES {
+            q.control.pop_front();
         }
         q.control.push_back(frame);
         drop(q);
@@ -268,13 +284,14 @@ mod tests {
 
     #[test]
     fn over_the_byte_budget_closes_with_1013_and_frees_the_queue() {
+        const K: usize = IDLE_BYTES;
         let o = Outbox::new(OutboxLimits {
             frames: 100,
-            bytes: 1000,
+            bytes: 3 * K,
         });
-        assert!(o.push(frame(400)));
-        assert!(o.push(frame(400)));
-        assert!(!o.push(frame(400)), "over the budget");
+        assert!(o.push(frame(K + 1)));
+        assert!(o.push(frame(K)));
+        assert!(!o.push(frame(K)), "over the budget");
         assert_eq!(
             o.closing(),
             Some(Closing::Server {
@@ -295,35 +312,38 @@ mod tests {
 
     #[test]
     fn frames_taken_but_not_written_count_against_the_budget() {
-        let o = Outbox::new(OutboxLimits {
+        const K: usize = IDLE_BYTES;
+        let limits = OutboxLimits {
             frames: 100,
-            bytes: 1000,
-        });
-        assert!(o.push(frame(600)));
+            bytes: 3 * K,
+        };
+        let o = Outbox::new(limits);
+        assert!(o.push(frame(2 * K)));
         let (_, data, _) = take_all(&o);
         assert_eq!(data.len(), 1);
-        assert!(!o.push(frame(600)), "the frame being written still counts");
-        let o = Outbox::new(OutboxLimits {
-            frames: 100,
-            bytes: 1000,
-        });
-        assert!(o.push(frame(600)));
+        assert!(
+            !o.push(frame(2 * K)),
+            "the frame being written still counts"
+        );
+        let o = Outbox::new(limits);
+        assert!(o.push(frame(2 * K)));
         let (_, data, _) = take_all(&o);
         o.release(data[0].frame.len());
-        assert!(o.push(frame(600)), "released bytes are free again");
+        assert!(o.push(frame(2 * K)), "released bytes are free again");
     }
 
     #[test]
     fn one_frame_above_the_budget_goes_to_an_idle_session() {
         let o = Outbox::new(OutboxLimits {
             frames: 100,
-            bytes: 1000,
+            bytes: 100_000,
         });
+        assert!(o.push(frame(50)), "the subscribed reply");
         assert!(
-            o.push(frame(5000)),
-            "a big snapshot is not refused outright"
+            o.push(frame(200_000)),
+            "a big snapshot right behind it is not refused"
         );
-        assert!(!o.push(frame(10)), "but nothing fits behind it");
+        assert!(!o.push(frame(10)), "but nothing fits behind that");
     }
 
     #[test]
@@ -368,7 +388,7 @@ mod tests {
             reason: "",
         });
         assert!(matches!(take_all(&o).2, Next::Close(_)));
-        o.push_control(Bytes::from_static(b"close reply"));
+        o.push_control(Bytes::from_static(b"\x88\x00"));
         let (control, _, next) = take_all(&o);
         assert!(control.is_empty(), "nothing after our close frame");
         assert!(matches!(next, Next::Done));
@@ -380,10 +400,25 @@ mod tests {
             frames: 100,
             bytes: 1 << 20,
         });
-        o.push_control(Bytes::from_static(b"close reply"));
-        o.close(Closing::Peer);
-        let (control, _, next) = take_all(&o);
-        assert_eq!(control.len(), 1);
+        assert!(o.push(frame(10)));
+        // A slow-client close begins, then the client's close frame is answered before ours
+        // was taken: the reply is the last frame, ours never goes.
+        o.close(Closing::Server {
+            code: 1013,
+            reason: "send queue full",
+        });
+        o.push_control(Bytes::from_static(b"\x8a\x00"));
+        o.push_control(Bytes::from_static(b"\x88\x02\x03\xe8"));
+        o.push_control(Bytes::from_static(b"\x8a\x00"));
+        assert_eq!(o.closing(), Some(Closing::Peer));
+        let (control, data, next) = take_all(&o);
+        assert_eq!(
+            control.len(),
+            2,
+            "the pong, then the close reply; nothing after it"
+        );
+        assert_eq!(control[1][0], 0x88);
+        assert!(data.is_empty());
         assert!(matches!(next, Next::Done));
     }
 

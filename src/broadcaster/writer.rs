@@ -159,8 +159,13 @@ impl Batch {
         usize::from(self.offset > 0).min(self.frames.len())
     }
 
+    /// Puts a control frame ahead of the data frames not yet started, behind the control
+    /// frames already waiting (in the order they came).
     fn insert_control(&mut self, bytes: Bytes) {
-        let at = self.boundary();
+        let mut at = self.boundary();
+        while self.frames.get(at).is_some_and(|p| p.data.is_none()) {
+            at += 1;
+        }
         self.frames.insert(at, Piece { bytes, data: None });
     }
 
@@ -478,6 +483,25 @@ mod tests {
             "the big frame completes, then the close frame"
         );
         assert_eq!(o.usage(), (0, 0), "every byte released");
+    }
+
+    #[tokio::test]
+    async fn control_frames_keep_their_order_and_the_close_reply_ends_it() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let o = outbox();
+        assert!(o.push(Outbound::reply(WireFrame::text(
+            "dropped: the client closed"
+        ))));
+        let pong = Bytes::from_static(b"\x8a\x01p");
+        let close = Bytes::from_static(b"\x88\x02\x03\xe8");
+        o.push_control(pong.clone());
+        o.push_control(close.clone());
+        o.push_control(Bytes::from_static(b"\x8a\x01q"));
+        let clock = PongClock::new();
+        assert_eq!(run(server, &o, &clock, timing()).await, WriterEnd::Finished);
+        let mut bytes = Vec::new();
+        client.read_to_end(&mut bytes).await.unwrap();
+        assert_eq!(bytes, [pong.to_vec(), close.to_vec()].concat());
     }
 
     #[tokio::test(start_paused = true)]

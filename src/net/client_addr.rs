@@ -8,10 +8,15 @@
 //! can only vouch for the hop it received the connection from, so anything to the left of
 //! the first untrusted hop is the client's own say and is ignored.
 //!
-//! Headers read, first present wins: `Forwarded` (RFC 7239, `for=`), `X-Forwarded-For`,
-//! `X-Real-IP`. From a peer that is not trusted they are ignored, and their presence alone
-//! disqualifies the control API's loopback rule: a proxy on the same host that nobody listed
-//! must not turn every client it relays into "loopback".
+//! One header is read, the one the proxies are configured to write (`TRUSTED_PROXY_HEADER`:
+//! `X-Forwarded-For` by default, or `Forwarded` (RFC 7239, `for=`), or `X-Real-IP`): a proxy
+//! passes the other headers on as the client wrote them, so reading them would let a client
+//! name itself. When every hop is trusted, the client is the nearest hop (the one our peer
+//! names), never the leftmost entry, which the client may have written. From a peer that is not
+//! trusted every forwarding header is ignored, and its presence alone disqualifies the control
+//! API's loopback rule: a proxy on the same host that nobody listed must not turn every client
+//! it relays into "loopback". A loopback client named by a proxy counts as local only when the
+//! proxy itself is on this host (its loopback is ours).
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -30,16 +35,38 @@ pub const FORWARDING_HEADERS: [&str; 6] = [
     "cf-connecting-ip",
 ];
 
-/// The networks whose forwarding headers are believed (`TRUSTED_PROXIES`).
+/// The header trusted proxies write the client address into (`TRUSTED_PROXY_HEADER`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx `$proxy_add_x_forwarded_for`, most balancers).
+    #[default]
+    #[value(name = "x-forwarded-for")]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    #[value(name = "forwarded")]
+    Forwarded,
+    /// `X-Real-IP: client` (a single address).
+    #[value(name = "x-real-ip")]
+    XRealIp,
+}
+
+/// The networks whose forwarding headers are believed (`TRUSTED_PROXIES`), and the header
+/// they write.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies {
     networks: Vec<IpNet>,
+    header: ProxyHeader,
 }
 
 impl TrustedProxies {
     /// Parses CIDRs (`10.0.0.0/8`, `::1/128`) or single addresses (`127.0.0.1`). Empty
     /// entries are skipped; a malformed one is an error naming it.
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+        Self::with_header(entries, ProxyHeader::default())
+    }
+
+    /// [`TrustedProxies::parse`] for proxies that write `header`.
+    pub fn with_header<S: AsRef<str>>(entries: &[S], header: ProxyHeader) -> Result<Self, String> {
         let mut networks = Vec::new();
         for entry in entries.iter().map(|e| e.as_ref().trim()) {
             if entry.is_empty() {
@@ -52,7 +79,7 @@ impl TrustedProxies {
                 })?;
             networks.push(net.trunc());
         }
-        Ok(Self { networks })
+        Ok(Self { networks, header })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -74,8 +101,8 @@ pub enum Via {
     TrustedProxy,
     /// Forwarding headers from a peer that is not trusted: ignored, the client is the peer.
     UntrustedProxy,
-    /// A trusted proxy sent a header that names no usable address: the client is unknown and
-    /// the nearest trusted hop stands in for it.
+    /// A trusted proxy sent no usable address in the configured header: the client is unknown
+    /// and the nearest trusted hop stands in for it.
     Unreadable,
 }
 
@@ -105,8 +132,8 @@ impl ClientAddr {
         if !trusted.contains(peer_ip) {
             return direct(Via::UntrustedProxy);
         }
-        let Some(chain) = forwarding_chain(headers) else {
-            // Only headers this resolver does not read (X-Client-IP and the like).
+        let Some(chain) = forwarding_chain(headers, trusted.header) else {
+            // Only headers the proxies were not configured to write.
             return direct(Via::Unreadable);
         };
         // Walk from the hop nearest to us; the peer is the last hop.
@@ -121,70 +148,71 @@ impl ClientAddr {
                         via: Via::TrustedProxy,
                     };
                 }
-                None => break,
+                None => {
+                    return Self {
+                        ip: nearest_trusted,
+                        peer,
+                        via: Via::Unreadable,
+                    };
+                }
             }
         }
-        match chain.first() {
-            // Every hop is a trusted proxy: the first one is the client (a health check from
-            // the balancer itself, or an internal caller).
-            Some(Some(ip)) if chain.iter().all(Option::is_some) => Self {
+        match chain.last() {
+            // Every hop is a trusted proxy (a health check from the balancer itself, an
+            // internal caller): the nearest hop, which our peer vouches for, is the client;
+            // anything further left may be the client's own writing.
+            Some(Some(ip)) => Self {
                 ip: *ip,
                 peer,
                 via: Via::TrustedProxy,
             },
-            _ => Self {
-                ip: nearest_trusted,
-                peer,
-                via: Via::Unreadable,
-            },
+            _ => direct(Via::Unreadable),
         }
     }
 
-    /// The control API's "from this host" rule: a loopback client that is either direct or
-    /// vouched for by a trusted proxy.
+    /// The control API's "from this host" rule: a loopback client that is either direct, or
+    /// named by a trusted proxy that is itself on this host (a remote proxy's loopback is not
+    /// ours).
     pub fn is_local(&self) -> bool {
-        matches!(self.via, Via::Direct | Via::TrustedProxy) && self.ip.is_loopback()
+        let peer_local = self.peer.ip().to_canonical().is_loopback();
+        match self.via {
+            Via::Direct => peer_local,
+            Via::TrustedProxy => peer_local && self.ip.is_loopback(),
+            Via::UntrustedProxy | Via::Unreadable => false,
+        }
     }
 }
 
-/// The hops a request went through, oldest first, from the first forwarding header present;
-/// `None` entries are hops that name no address (`unknown`, obfuscated, garbage). `None` when
-/// no header this resolver reads is present.
-fn forwarding_chain(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
-    let values = |name: &str| -> Vec<String> {
-        headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect()
+/// The hops a request went through, oldest first, from the configured header; `None` entries
+/// are hops that name no address (`unknown`, obfuscated, garbage). `None` when the header is
+/// absent.
+fn forwarding_chain(headers: &HeaderMap, header: ProxyHeader) -> Option<Vec<Option<IpAddr>>> {
+    let name = match header {
+        ProxyHeader::XForwardedFor => "x-forwarded-for",
+        ProxyHeader::Forwarded => "forwarded",
+        ProxyHeader::XRealIp => "x-real-ip",
     };
-    let forwarded = values("forwarded");
-    if !forwarded.is_empty() {
-        return Some(
-            forwarded
-                .iter()
-                .flat_map(|v| v.split(','))
-                .map(|element| {
-                    element
-                        .split(';')
-                        .filter_map(|pair| pair.split_once('='))
-                        .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
-                        .and_then(|(_, v)| parse_hop(v))
-                })
-                .collect(),
-        );
+    let values: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    if values.is_empty() {
+        return None;
     }
-    let xff = values("x-forwarded-for");
-    if !xff.is_empty() {
-        return Some(
-            xff.iter()
-                .flat_map(|v| v.split(','))
-                .map(parse_hop)
-                .collect(),
-        );
-    }
-    let real = values("x-real-ip");
-    (!real.is_empty()).then(|| real.iter().map(|v| parse_hop(v)).collect())
+    let elements = values.iter().flat_map(|v| v.split(','));
+    Some(match header {
+        ProxyHeader::Forwarded => elements
+            .map(|element| {
+                element
+                    .split(';')
+                    .filter_map(|pair| pair.split_once('='))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+                    .and_then(|(_, v)| parse_hop(v))
+            })
+            .collect(),
+        ProxyHeader::XForwardedFor | ProxyHeader::XRealIp => elements.map(parse_hop).collect(),
+    })
 }
 
 /// One hop's address: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`, `[2001:db8::1]:4711`,
@@ -281,27 +309,40 @@ mod tests {
             ]),
             client
         );
-        assert_eq!(
-            resolve(&[(
-                "forwarded",
-                r#"for=1.1.1.1, for="203.0.113.9:4711";proto=https;by=10.0.0.1"#
-            )]),
-            client
-        );
-        assert_eq!(
-            resolve(&[("forwarded", r#"For="[2001:db8::7]:4711""#)]),
-            (ip("2001:db8::7"), Via::TrustedProxy)
-        );
-        assert_eq!(resolve(&[("x-real-ip", "203.0.113.9")]), client);
-        // Forwarded wins over X-Forwarded-For.
+        // Only the configured header is read: a client-written Forwarded changes nothing.
         assert_eq!(
             resolve(&[
-                ("forwarded", "for=203.0.113.9"),
-                ("x-forwarded-for", "198.51.100.1")
+                ("forwarded", "for=127.0.0.1"),
+                ("x-forwarded-for", "203.0.113.9")
             ]),
             client
         );
-        // A local client through a local proxy is local.
+        let forwarded =
+            TrustedProxies::with_header(&["127.0.0.1/32"], ProxyHeader::Forwarded).unwrap();
+        let by_forwarded = |value: &str| {
+            let c = ClientAddr::resolve(
+                peer("127.0.0.1"),
+                &headers(&[("forwarded", value), ("x-forwarded-for", "8.8.8.8")]),
+                &forwarded,
+            );
+            (c.ip, c.via)
+        };
+        assert_eq!(
+            by_forwarded(r#"for=1.1.1.1, for="203.0.113.9:4711";proto=https;by=10.0.0.1"#),
+            client
+        );
+        assert_eq!(
+            by_forwarded(r#"For="[2001:db8::7]:4711""#),
+            (ip("2001:db8::7"), Via::TrustedProxy)
+        );
+        let real_ip = TrustedProxies::with_header(&["127.0.0.1/32"], ProxyHeader::XRealIp).unwrap();
+        let c = ClientAddr::resolve(
+            peer("127.0.0.1"),
+            &headers(&[("x-real-ip", "203.0.113.9")]),
+            &real_ip,
+        );
+        assert_eq!((c.ip, c.via), client);
+        // A local client through a local proxy is local; a remote one is not.
         let local = ClientAddr::resolve(
             peer("127.0.0.1"),
             &headers(&[("x-forwarded-for", "127.0.0.1")]),
@@ -317,13 +358,43 @@ mod tests {
     }
 
     #[test]
+    fn a_client_cannot_name_itself_local() {
+        let t = TrustedProxies::parse(&["127.0.0.1/32", "10.0.0.0/8"]).unwrap();
+        // Through the local proxy, which appends the real peer: the real peer is the client.
+        let c = ClientAddr::resolve(
+            peer("127.0.0.1"),
+            &headers(&[("x-forwarded-for", "127.0.0.1, 203.0.113.9")]),
+            &t,
+        );
+        assert_eq!(c.ip, ip("203.0.113.9"));
+        assert!(!c.is_local());
+        // Every hop trusted: the nearest hop, not the leftmost claim.
+        let c = ClientAddr::resolve(
+            peer("127.0.0.1"),
+            &headers(&[("x-forwarded-for", "127.0.0.1, 10.1.2.3")]),
+            &t,
+        );
+        assert_eq!((c.ip, c.via), (ip("10.1.2.3"), Via::TrustedProxy));
+        assert!(!c.is_local());
+        // A remote proxy's loopback is not ours.
+        let c = ClientAddr::resolve(
+            peer("10.1.2.3"),
+            &headers(&[("x-forwarded-for", "127.0.0.1")]),
+            &t,
+        );
+        assert!(c.ip.is_loopback());
+        assert!(!c.is_local());
+    }
+
+    #[test]
     fn unreadable_chains_are_not_believed() {
         let t = TrustedProxies::parse(&["127.0.0.1/32", "10.0.0.0/8"]).unwrap();
         for h in [
             ("x-forwarded-for", "unknown"),
             ("x-forwarded-for", "203.0.113.9, garbage"),
-            ("forwarded", "for=_hidden"),
-            ("forwarded", "proto=https"),
+            ("x-forwarded-for", ""),
+            // Not the configured header.
+            ("forwarded", "for=203.0.113.9"),
             ("x-client-ip", "203.0.113.9"),
         ] {
             let c = ClientAddr::resolve(peer("127.0.0.1"), &headers(&[h]), &t);

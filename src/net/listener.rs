@@ -136,7 +136,9 @@ impl HttpServer {
                         tracing::error!(error = %e, kind, retry_in = ?backoff, "accept failed; backing off");
                     }
                     // Free a descriptor for the connections waiting in the backlog.
-                    shared.pending.evict_oldest();
+                    if out_of_descriptors(&e) {
+                        shared.pending.evict_oldest();
+                    }
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
@@ -148,7 +150,9 @@ impl HttpServer {
     }
 }
 
-/// Errors of one connection that `accept` reports; the listener is fine.
+/// Errors of one connection that `accept` reports; the listener is fine. Linux passes on the
+/// new socket's pending network errors (accept(2)): EPROTO, ENOPROTOOPT, ENONET, ENETDOWN,
+/// ENETUNREACH, EOPNOTSUPP, EHOSTDOWN, EHOSTUNREACH.
 fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -156,7 +160,15 @@ fn is_per_connection(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
             | io::ErrorKind::WouldBlock
+    ) || matches!(
+        e.raw_os_error(),
+        Some(71 | 92 | 64 | 100 | 101 | 95 | 112 | 113)
     )
+}
+
+/// Whether an accept error means this process is out of descriptors (closing one helps).
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(24 | 23))
 }
 
 /// The metric label of an accept error.
@@ -531,5 +543,11 @@ mod tests {
             io::ErrorKind::ConnectionAborted
         )));
         assert!(!is_per_connection(&io::Error::from_raw_os_error(24)));
+        assert!(
+            is_per_connection(&io::Error::from_raw_os_error(71)),
+            "EPROTO"
+        );
+        assert!(out_of_descriptors(&io::Error::from_raw_os_error(23)));
+        assert!(!out_of_descriptors(&io::Error::from_raw_os_error(12)));
     }
 }

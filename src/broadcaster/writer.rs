@@ -34,8 +34,8 @@ pub const BATCH_FRAMES: usize = 64;
 /// Most bytes taken from the queue at once.
 pub const BATCH_BYTES: usize = 256 * 1024;
 
-/// Close code when a client answered no ping in time.
-pub const CLOSE_NO_PONG: u16 = 1000;
+/// Close code when a client answered no ping in time (normal closure, reason "no pong").
+pub const CLOSE_NO_PONG: u16 = super::session::CLOSE_NORMAL;
 
 /// The writer's timing.
 #[derive(Debug, Clone, Copy)]

@@ -259,7 +259,8 @@ pub struct Config {
     pub http_idle_timeout_ms: u64,
 
     /// Most connections that have not upgraded to WebSocket (HTTP requests, handshakes in
-    /// progress, silent sockets). A new one over the cap closes the oldest.
+    /// progress, silent sockets). At the cap newcomers wait in the listen backlog, and a
+    /// connection pending for over 1 s is closed to make room.
     #[arg(long, env = "MAX_PENDING_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub max_pending_connections: u64,
 

@@ -140,7 +140,8 @@ async fn a_flood_of_silent_sockets_evicts_the_oldest_and_health_answers() {
     for _ in 0..200 {
         flood.push(tokio::net::TcpStream::connect(&server.addr).await.unwrap());
     }
-    // Health and WebSocket clients still get in: each takes the place of the oldest socket.
+    // Health and WebSocket clients still get in: the oldest sockets make room once they have
+    // had their second.
     for _ in 0..5 {
         let (code, health) = server.get_json("/health").await;
         assert_eq!(code, 200, "{health}");
@@ -158,6 +159,45 @@ async fn a_flood_of_silent_sockets_evicts_the_oldest_and_health_answers() {
     // The oldest sockets were the ones closed.
     let first = read_raw(&mut flood[0], Duration::from_secs(5)).await;
     assert!(first.eof || first.reset, "{first:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_is_queued_not_cut() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let server = broadcaster(&[
+        ("MAX_PENDING_CONNECTIONS", "100"),
+        ("MAX_CONNECTIONS_PER_IP", "5000"),
+    ])
+    .await;
+    // 2,000 clients at once, each with its whole handshake in flight.
+    let url = format!("ws://{}/ws", server.addr);
+    let mut joins = Vec::new();
+    for _ in 0..2000 {
+        let url = url.clone();
+        joins.push(tokio::spawn(async move {
+            let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+                .await
+                .ok()?
+                .ok()?;
+            let mut client = WsClient::from_stream(stream);
+            let welcome = client.next_json(WAIT).await?;
+            (welcome["type"] == "welcome").then_some(client)
+        }));
+    }
+    let mut clients = Vec::new();
+    for join in joins {
+        if let Some(client) = join.await.unwrap() {
+            clients.push(client);
+        }
+    }
+    assert_eq!(clients.len(), 2000, "every client of the storm got in");
+    assert_eq!(
+        metric_value(
+            &server.metrics().await,
+            "oddsfeed_http_connections_closed_total{reason=\"evicted\"}"
+        ),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

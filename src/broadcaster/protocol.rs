@@ -78,6 +78,10 @@ impl Rejection {
     }
 }
 
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
 /// Parses one text frame. Never panics, whatever the input.
 pub fn parse_request(text: &str) -> Result<Request, Rejection> {
     let value: Value = serde_json::from_str(text)
@@ -181,6 +185,9 @@ pub enum ServerMessage<'a> {
         epoch: &'a str,
         seq: u64,
         published_at: i64,
+        /// The same instant in microseconds, when the publisher sent it.
+        #[serde(skip_serializing_if = "is_zero")]
+        published_at_us: i64,
         upserts: Vec<&'a Event>,
         removals: Vec<&'a str>,
     },
@@ -350,6 +357,7 @@ mod tests {
             epoch: "e",
             seq: 2,
             published_at: 3,
+            published_at_us: 0,
             upserts: vec![],
             removals: vec!["x"],
         }
@@ -357,6 +365,20 @@ mod tests {
         assert_eq!(
             text,
             r#"{"type":"odds","room":"sport:all","epoch":"e","seq":2,"publishedAt":3,"upserts":[],"removals":["x"]}"#
+        );
+        let with_us = ServerMessage::Odds {
+            room: "sport:all",
+            epoch: "e",
+            seq: 2,
+            published_at: 3,
+            published_at_us: 3_456,
+            upserts: vec![],
+            removals: vec![],
+        }
+        .to_json();
+        assert!(
+            with_us.contains(r#""publishedAt":3,"publishedAtUs":3456,"#),
+            "{with_us}"
         );
     }
 

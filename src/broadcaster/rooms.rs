@@ -536,6 +536,7 @@ impl Hub {
                         epoch,
                         seq,
                         published_at: msg.published_at,
+                        published_at_us: msg.published_at_us,
                         upserts,
                         removals,
                     }),

@@ -204,14 +204,15 @@ impl OddsBus {
             }
         };
 
-        let published_at = now_ms();
+        let published_at_us = now_us();
+        let published_at = published_at_us.div_euclid(1000);
         let (payload, seq) = match outgoing {
             Outgoing::Odds { delta, tick_at } => (
                 serde_json::to_string(&OddsMessageRef::new(
                     book.epoch(),
                     delta.seq,
                     tick_at,
-                    published_at,
+                    published_at_us,
                     &delta.sports,
                 ))
                 .context("Failed to serialise the odds message")?,
@@ -395,4 +396,9 @@ pub async fn load_state(
 /// Unix time in milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Unix time in microseconds.
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }

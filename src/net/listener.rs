@@ -9,9 +9,11 @@
 //!   either direction for this long is closed, whatever it is doing (a request body that
 //!   stalls, a response the client does not read).
 //! - **Pending cap** (`MAX_PENDING_CONNECTIONS`): at most this many connections that have not
-//!   upgraded. A new connection over the cap evicts the oldest pending one instead of being
-//!   refused, so a flood of silent sockets cannot lock out `/health` or real clients: each
-//!   newcomer gets its chance, and the flood's own sockets are the oldest.
+//!   upgraded. At the cap, accepting waits (the kernel's backlog holds the newcomers) until a
+//!   pending connection upgrades or ends, or until the oldest has had [`EVICT_AFTER`] to send
+//!   its request: then it is closed to make room. A reconnect storm of real clients, whose
+//!   handshakes take milliseconds, is only slowed down; a flood of silent sockets cannot lock
+//!   out `/health` or real clients for longer than that, because its sockets are the oldest.
 //! - **Accept errors**: running out of file descriptors (EMFILE/ENFILE) or memory backs off
 //!   (10 ms doubling to 1 s) instead of spinning, evicts the oldest pending connection to free a
 //!   descriptor, is counted and logged at most once a second, and the loop goes on.
@@ -39,6 +41,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics::{counter, gauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -116,6 +119,11 @@ impl HttpServer {
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let mut last_logged: Option<Instant> = None;
         loop {
+            // A place first: at the cap, new connections wait in the backlog.
+            let slot = tokio::select! {
+                _ = cancel.cancelled() => break,
+                slot = shared.pending.admit() => slot,
+            };
             let accepted = tokio::select! {
                 _ = cancel.cancelled() => break,
                 accepted = self.listener.accept() => accepted,
@@ -123,10 +131,9 @@ impl HttpServer {
             match accepted {
                 Ok((tcp, peer)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
-                    let slot = shared.pending.admit();
                     tracker.spawn(connection(tcp, peer, slot, shared.clone(), cancel.clone()));
                 }
-                // The peer gave up between SYN and accept: nothing to do.
+                // The peer gave up between SYN and accept: nothing to do (the place goes back).
                 Err(e) if is_per_connection(&e) => continue,
                 Err(e) => {
                     let kind = accept_error_kind(&e);
@@ -136,6 +143,7 @@ impl HttpServer {
                         tracing::error!(error = %e, kind, retry_in = ?backoff, "accept failed; backing off");
                     }
                     // Free a descriptor for the connections waiting in the backlog.
+                    drop(slot);
                     if out_of_descriptors(&e) {
                         shared.pending.evict_oldest();
                     }
@@ -255,16 +263,23 @@ async fn connection(
 // ---------------------------------------------------------------------------------------------
 // The pending-connection cap.
 
+/// How long a pending connection has, once the cap is reached, before a newcomer may take
+/// its place. A real client's request arrives within milliseconds of its connect; a socket
+/// that sent nothing in this time is most likely part of a flood.
+pub const EVICT_AFTER: Duration = Duration::from_secs(1);
+
 /// Connections that have not upgraded yet, oldest first.
 struct Pending {
     max: usize,
     inner: Mutex<PendingInner>,
+    /// Woken when a place is given back.
+    freed: Notify,
 }
 
 struct PendingInner {
     next: u64,
-    /// Arrival number → the token that closes the connection.
-    open: BTreeMap<u64, CancellationToken>,
+    /// Arrival number → when it came and the token that closes the connection.
+    open: BTreeMap<u64, (Instant, CancellationToken)>,
 }
 
 impl Pending {
@@ -275,6 +290,7 @@ impl Pending {
                 next: 0,
                 open: BTreeMap::new(),
             }),
+            freed: Notify::new(),
         }
     }
 
@@ -283,19 +299,49 @@ impl Pending {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a new connection, evicting the oldest when the cap is reached.
-    fn admit(self: &Arc<Self>) -> PendingSlot {
-        let evicted = CancellationToken::new();
-        let mut inner = self.lock();
-        while inner.open.len() >= self.max {
-            match inner.open.pop_first() {
-                Some((_, oldest)) => oldest.cancel(),
-                None => break,
+    /// A place for the next connection: at once below the cap; at the cap, once a place is
+    /// given back or the oldest connection has had [`EVICT_AFTER`] (it is then closed).
+    async fn admit(self: &Arc<Self>) -> PendingSlot {
+        loop {
+            let freed = self.freed.notified();
+            let wait_until = {
+                let mut inner = self.lock();
+                let oldest = inner
+                    .open
+                    .first_key_value()
+                    .map(|(id, (since, _))| (*id, *since));
+                match oldest {
+                    Some((id, since)) if inner.open.len() >= self.max => {
+                        if since.elapsed() >= EVICT_AFTER {
+                            if let Some((_, token)) = inner.open.remove(&id) {
+                                token.cancel();
+                            }
+                            None
+                        } else {
+                            Some(since + EVICT_AFTER)
+                        }
+                    }
+                    _ => None,
+                }
+            };
+            match wait_until {
+                None => return self.register(),
+                Some(deadline) => {
+                    tokio::select! {
+                        _ = freed => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                }
             }
         }
+    }
+
+    fn register(self: &Arc<Self>) -> PendingSlot {
+        let evicted = CancellationToken::new();
+        let mut inner = self.lock();
         let id = inner.next;
         inner.next += 1;
-        inner.open.insert(id, evicted.clone());
+        inner.open.insert(id, (Instant::now(), evicted.clone()));
         gauge!(m::HTTP_PENDING_CONNECTIONS).set(inner.open.len() as f64);
         PendingSlot {
             pending: self.clone(),
@@ -305,9 +351,10 @@ impl Pending {
     }
 
     fn evict_oldest(&self) {
-        if let Some((_, oldest)) = self.lock().open.pop_first() {
+        if let Some((_, (_, oldest))) = self.lock().open.pop_first() {
             oldest.cancel();
         }
+        self.freed.notify_one();
     }
 }
 
@@ -324,6 +371,8 @@ impl Drop for PendingSlot {
         let mut inner = self.pending.lock();
         inner.open.remove(&self.id);
         gauge!(m::HTTP_PENDING_CONNECTIONS).set(inner.open.len() as f64);
+        drop(inner);
+        self.pending.freed.notify_one();
     }
 }
 
@@ -505,17 +554,29 @@ pub fn take_upgraded(upgraded: hyper::upgrade::Upgraded) -> Result<(Stream, Byte
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_pending_cap_evicts_the_oldest() {
+    #[tokio::test(start_paused = true)]
+    async fn at_the_cap_newcomers_wait_and_only_old_sockets_are_evicted() {
         let pending = Arc::new(Pending::new(2));
-        let a = pending.admit();
-        let b = pending.admit();
-        assert!(!a.evicted.is_cancelled() && !b.evicted.is_cancelled());
-        let c = pending.admit();
-        assert!(a.evicted.is_cancelled(), "the oldest makes room");
-        assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled());
+        let a = pending.admit().await;
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let b = pending.admit().await;
+        // At the cap with young connections: the newcomer waits.
+        let started = Instant::now();
+        let waiting = {
+            let pending = pending.clone();
+            tokio::spawn(async move { pending.admit().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // A place given back lets it in at once.
         drop(b);
-        let d = pending.admit();
+        let c = waiting.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(!a.evicted.is_cancelled() && !c.evicted.is_cancelled());
+        // Nobody leaves: the oldest is evicted once it has had EVICT_AFTER.
+        let d = pending.admit().await;
+        assert!(a.evicted.is_cancelled(), "the oldest made room");
+        assert_eq!(started.elapsed(), EVICT_AFTER - Duration::from_millis(500));
         assert!(!c.evicted.is_cancelled() && !d.evicted.is_cancelled());
         pending.evict_oldest();
         assert!(c.evicted.is_cancelled());

@@ -85,6 +85,10 @@ pub struct OddsMessage {
     pub tick_at: i64,
     /// Unix ms just before PUBLISH.
     pub published_at: i64,
+    /// The same instant in Unix microseconds, for latency measured below a millisecond
+    /// (0 from a publisher that does not send it).
+    #[serde(default)]
+    pub published_at_us: i64,
     pub sports: BTreeMap<String, SportDelta>,
 }
 
@@ -99,15 +103,18 @@ pub struct OddsMessageRef<'a> {
     pub seq: u64,
     pub tick_at: i64,
     pub published_at: i64,
+    pub published_at_us: i64,
     pub sports: &'a BTreeMap<String, SportDelta>,
 }
 
 impl<'a> OddsMessageRef<'a> {
+    /// `published_at_us`: Unix microseconds just before PUBLISH; `publishedAt` is its
+    /// milliseconds.
     pub fn new(
         epoch: &'a str,
         seq: u64,
         tick_at: i64,
-        published_at: i64,
+        published_at_us: i64,
         sports: &'a BTreeMap<String, SportDelta>,
     ) -> Self {
         Self {
@@ -115,7 +122,8 @@ impl<'a> OddsMessageRef<'a> {
             epoch,
             seq,
             tick_at,
-            published_at,
+            published_at: published_at_us.div_euclid(1000),
+            published_at_us,
             sports,
         }
     }
@@ -405,13 +413,26 @@ mod tests {
             seq: 9,
             tick_at: 1,
             published_at: 2,
+            published_at_us: 2_345,
             sports: sports.clone(),
         });
-        let borrowed = OddsMessageRef::new("e", 9, 1, 2, &sports);
+        let borrowed = OddsMessageRef::new("e", 9, 1, 2_345, &sports);
         assert_eq!(
             serde_json::to_string(&borrowed).unwrap(),
             serde_json::to_string(&owned).unwrap()
         );
+    }
+
+    #[test]
+    fn an_odds_message_without_microseconds_still_parses() {
+        let msg: ChannelMessage = serde_json::from_str(
+            r#"{"type":"odds","epoch":"e","seq":1,"tickAt":1,"publishedAt":2,"sports":{}}"#,
+        )
+        .unwrap();
+        let ChannelMessage::Odds(odds) = msg else {
+            panic!("odds expected")
+        };
+        assert_eq!((odds.published_at, odds.published_at_us), (2, 0));
     }
 
     #[test]

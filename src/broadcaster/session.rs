@@ -4,7 +4,7 @@
 //! client messages, replies) over tungstenite, and the write side ([`super::writer`]) over the
 //! raw socket. What it holds is released by guards, so it is released however the session
 //! ends, a panic included: the connection's place in the caps (the admission guard held by
-//! the caller), its rooms (the hub's [`Membership`]), and the socket itself.
+//! the caller), its rooms (the hub's [`Membership`](super::rooms::Membership)), and the socket itself.
 //!
 //! The end of a connection is bounded in time: a close frame that the client does not answer
 //! ends it after `WS_CLOSE_TIMEOUT_MS`, a write that does not move after `WS_WRITE_TIMEOUT_MS`,

@@ -317,10 +317,7 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         publisher_handle = Some(handle);
     }
 
-    let trusted = Arc::new(
-        net::TrustedProxies::with_header(&config.trusted_proxies, config.trusted_proxy_header)
-            .map_err(anyhow::Error::msg)?,
-    );
+    let trusted = Arc::new(config.trusted_proxies()?);
     let http_limits = config.http_limits();
     let mut broadcaster_health = None;
     if roles.broadcaster {

@@ -465,8 +465,13 @@ impl Config {
             self.send_buffer_bytes,
             self.replay_buffer_bytes
         );
-        crate::net::TrustedProxies::parse(&self.trusted_proxies).map_err(anyhow::Error::msg)?;
         Ok(())
+    }
+
+    /// `TRUSTED_PROXIES` and `TRUSTED_PROXY_HEADER`, parsed (every mode serves HTTP).
+    pub fn trusted_proxies(&self) -> anyhow::Result<crate::net::TrustedProxies> {
+        crate::net::TrustedProxies::with_header(&self.trusted_proxies, self.trusted_proxy_header)
+            .map_err(anyhow::Error::msg)
     }
 
     /// The advisory-lock key: explicit, or a stable hash of the channel name so that

@@ -112,9 +112,7 @@ async fn redis_restart_with_clients_connected_converges_without_help() {
 
 /// A client whose kernel receive buffer is tiny and that never reads.
 async fn stalled_client(addr: &str) -> WsStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+    let stream = connect_small_window(addr).await.unwrap();
     let (ws, _) = tokio_tungstenite::client_async(
         format!("ws://{addr}/ws"),
         tokio_tungstenite::MaybeTlsStream::Plain(stream),

@@ -208,9 +208,7 @@ async fn a_client_that_stops_reading_responses_hits_the_idle_timeout() {
     ])
     .await;
     // Pipelined requests whose responses are never read: the server's writes stop moving.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut tcp = socket.connect(server.addr.parse().unwrap()).await.unwrap();
+    let mut tcp = connect_small_window(&server.addr).await.unwrap();
     let requests = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
     let _ = tokio::time::timeout(WAIT, tcp.write_all(requests.as_bytes())).await;
     server
@@ -456,9 +454,7 @@ async fn a_slow_client_with_unread_input_still_reads_1013() {
     .await;
     // A small receive buffer that the client does not read while it keeps sending requests
     // with big replies: the replies fill the kernel's buffers, then its queue.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(server.addr.parse().unwrap()).await.unwrap();
+    let stream = connect_small_window(&server.addr).await.unwrap();
     let mut tcp = raw_handshake(stream, &server.addr, "/ws", &[]).await;
     let mut requests = Vec::new();
     for i in 0..100 {
@@ -584,4 +580,14 @@ async fn the_listen_backlog_is_the_system_maximum_unless_set() {
             .unwrap_or_else(|| panic!("ss output: {text}"));
         assert_eq!(send_q, expected, "LISTEN_BACKLOG={setting:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_trusted_proxy_stops_the_process_at_boot() {
+    let env = vec![
+        ("REDIS_URL", redis_url()),
+        ("TRUSTED_PROXIES", "127.0.0.1/32,10.0.0.0/33".to_string()),
+    ];
+    let text = boot_failure(&["broadcaster"], &env).await;
+    assert!(text.contains("10.0.0.0/33"), "{text}");
 }

@@ -13,9 +13,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// A client with a 4 KiB receive buffer that subscribes to `sport:all` and never reads.
 async fn stalled_subscriber(addr: &str) -> Option<tokio::net::TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4().ok()?;
-    socket.set_recv_buffer_size(4096).ok()?;
-    let stream = socket.connect(addr.parse().ok()?).await.ok()?;
+    let stream = connect_small_window(addr).await.ok()?;
     let mut tcp = raw_handshake(stream, addr, "/ws", &[]).await;
     let subscribe = json!({"type": "subscribe", "room": "sport:all"}).to_string();
     tcp.write_all(&client_frame(0x81, subscribe.as_bytes(), true))

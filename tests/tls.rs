@@ -102,8 +102,10 @@ async fn a_wss_client_that_pauses_catches_up_without_a_gap() {
     // they buffered must still be flushed once the client reads again.
     let churn = spawn_price_churn(db.pool.clone(), Duration::from_millis(40), Some(80));
     churn.await.unwrap();
-    // Nothing changes any more: the last messages must arrive without a later frame pushing
-    // them out (rustls holds what a blocked write accepted until the stream is flushed).
+    // Nothing changes any more: the last messages must still arrive, with no later frame to
+    // push them out. (The writer flushes after each write because rustls can hold what a
+    // blocked write accepted; here the read side's polling happens to flush it too, so this
+    // test guards the catching up, not that flush alone.)
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Catch up until the view equals the published state.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

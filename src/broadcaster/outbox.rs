@@ -178,8 +178,7 @@ impl Outbox {
         if frame.first() == Some(&0x88) {
             q.peer_close_queued = true;
             q.closing = Some(Closing::Peer);
-            let dropped: usize = q.data.drain(..).map(|f| f.frame.len()).sum();
-            q.bytes -= dropped;
+            Self::drop_data(&mut q);
         } else if q.control.len() >= CONTROL_FRAMES {
             q.control.pop_front();
         }
@@ -190,24 +189,26 @@ impl Outbox {
 
     /// Starts closing; the first reason wins. Queued data frames are dropped at once.
     pub fn close(&self, closing: Closing) {
-        let mut q = self.lock();
-        if q.closing.is_some() && closing != Closing::Abort {
-            return;
-        }
-        Self::start_closing(&mut q, closing);
-        drop(q);
+        Self::start_closing(&mut self.lock(), closing);
         self.changed.notify_one();
     }
 
+    /// The first reason wins, except that an abort overrides any other.
     fn start_closing(q: &mut Queue, closing: Closing) {
-        if q.closing.is_none() || closing == Closing::Abort {
-            q.closing = Some(closing);
+        if q.closing.is_some() && closing != Closing::Abort {
+            return;
         }
-        let dropped: usize = q.data.drain(..).map(|f| f.frame.len()).sum();
-        q.bytes -= dropped;
+        q.closing = Some(closing);
+        Self::drop_data(q);
         if closing == Closing::Abort {
             q.control.clear();
         }
+    }
+
+    /// Drops the queued data frames and their bytes (a closing session sends none of them).
+    fn drop_data(q: &mut Queue) {
+        let dropped: usize = q.data.drain(..).map(|f| f.frame.len()).sum();
+        q.bytes -= dropped;
     }
 
     /// How the session is closing, if it is.

@@ -821,6 +821,17 @@ pub async fn set_redis_password(url: &str, password: &str) {
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A TCP connection to `addr` with a 4 KiB receive buffer: once the client stops reading, the
+/// server's writes to it block almost at once.
+pub async fn connect_small_window(addr: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let addr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    socket.connect(addr).await
+}
+
 /// Opens a TCP connection and completes a WebSocket handshake with `extra` headers; returns
 /// the socket right after the `101` response (nothing of the WebSocket read yet).
 pub async fn raw_upgrade(addr: &str, path: &str, extra: &[(&str, &str)]) -> tokio::net::TcpStream {

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use crate::broadcaster::auth::Verifier;
+use crate::broadcaster::fanout::Fanout;
 use crate::broadcaster::inbox::InboxLimits;
 use crate::broadcaster::outbox::OutboxLimits;
 use crate::broadcaster::relay::Relay;
@@ -151,11 +152,15 @@ fn broadcaster(
     cancel: CancellationToken,
     tracker: TaskTracker,
     supervisor: &Supervisor,
-) -> (BroadcasterState, http::BroadcasterHealth) {
-    let hub = Hub::new(HubLimits {
-        replay_messages: config.replay_buffer_messages,
-        replay_bytes: config.replay_buffer_bytes,
-    });
+) -> anyhow::Result<(BroadcasterState, http::BroadcasterHealth)> {
+    let fanout = Fanout::new(config.fanout_threads()).context("start the fan-out threads")?;
+    let hub = Hub::new(
+        HubLimits {
+            replay_messages: config.replay_buffer_messages,
+            replay_bytes: config.replay_buffer_bytes,
+        },
+        fanout,
+    );
     let relay_connected = Arc::new(AtomicBool::new(false));
     let relay = Relay {
         hub: hub.clone(),
@@ -226,13 +231,13 @@ fn broadcaster(
         node,
         next_id: Arc::new(AtomicU64::new(1)),
     };
-    (
+    Ok((
         state,
         http::BroadcasterHealth {
             hub,
             relay_connected,
         },
-    )
+    ))
 }
 
 /// The long-running modes: publisher and/or broadcaster, HTTP, optional simulator.
@@ -343,7 +348,7 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
             cancel.clone(),
             tracker.clone(),
             &supervisor,
-        );
+        )?;
         router = router.merge(crate::broadcaster::router(state));
         broadcaster_health = Some(health);
     }

@@ -336,6 +336,10 @@ pub struct Config {
     #[arg(long, env = "REPLAY_BUFFER_BYTES", default_value_t = 4 * 1024 * 1024, global = true)]
     pub replay_buffer_bytes: usize,
 
+    /// Threads that write room frames into the clients' sockets; 0 means one per core.
+    #[arg(long, env = "FANOUT_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256), global = true)]
+    pub fanout_threads: u16,
+
     /// PEM certificate chain: with TLS_KEY, the server speaks https/wss itself.
     #[arg(long, env = "TLS_CERT", requires = "tls_key", global = true)]
     pub tls_cert: Option<PathBuf>,
@@ -466,6 +470,14 @@ impl Config {
             self.replay_buffer_bytes
         );
         Ok(())
+    }
+
+    /// Fan-out threads to start: `FANOUT_THREADS`, or one per core.
+    pub fn fanout_threads(&self) -> usize {
+        match self.fanout_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => usize::from(n),
+        }
     }
 
     /// `TRUSTED_PROXIES` and `TRUSTED_PROXY_HEADER`, parsed (every mode serves HTTP).

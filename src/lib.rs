@@ -8,7 +8,8 @@
 //!   (WATCH meta; MULTI HSET/HDEL state, HSET meta, PUBLISH sports-odds; EXEC)
 //!   ─▶ broadcaster::relay (copy of the book, seq check, resync from the state keys)
 //!   ─▶ broadcaster::rooms (sport:all, sport:<key>, event:<id>, bridged; shared frames)
-//!   ─▶ broadcaster::session (one task per socket: read side, outbox, writer)
+//!   ─▶ broadcaster::fanout (threads writing room frames into sockets that keep up)
+//!   ─▶ broadcaster::session (one task per socket: read side, outbox, writer for the rest)
 //! ```
 //!
 //! Module map:
@@ -18,9 +19,9 @@
 //! | [`config`] | the one `Config` (clap + env), subcommands, documented defaults |
 //! | [`odds`] | pure domain: [`odds::hybrid`] formula, [`odds::event`] wire types, [`odds::book`] state + diff |
 //! | [`publisher`] | [`publisher::source`] SQL reads grouped by event id, [`publisher::decode`] tolerant column decoding, [`publisher::scheduler`] tick loop, [`publisher::leader`] advisory lock, [`publisher::control`] HTTP start/stop/status |
-//! | [`broadcaster`] | [`broadcaster::relay`] Redis → hub, [`broadcaster::inbox`] its bounded queue, [`broadcaster::rooms`] hub and fan-out, [`broadcaster::room_name`] odds room names, [`broadcaster::admission`] caps, [`broadcaster::upgrade`] handshake, [`broadcaster::session`] one connection's life, [`broadcaster::outbox`] bounded send queue, [`broadcaster::writer`] socket writes and deadlines, [`broadcaster::frame`] encoded frames, [`broadcaster::protocol`] messages, [`broadcaster::auth`] JWT; also serves the odds board (`web/board.html`) at `/` |
+//! | [`broadcaster`] | [`broadcaster::relay`] Redis → hub, [`broadcaster::inbox`] its bounded queue, [`broadcaster::rooms`] hub and fan-out, [`broadcaster::room_name`] odds room names, [`broadcaster::admission`] caps, [`broadcaster::upgrade`] handshake, [`broadcaster::session`] one connection's life, [`broadcaster::outbox`] bounded send queue and who writes the socket, [`broadcaster::fanout`] threads that write room frames into the sockets of clients that keep up, [`broadcaster::writer`] a client's own writes and deadlines, [`broadcaster::frame`] encoded frames, [`broadcaster::protocol`] messages, [`broadcaster::auth`] JWT; also serves the odds board (`web/board.html`) at `/` |
 //! | [`bus`] | [`bus::redis`]: fenced MULTI/EXEC publish with the state keys, heartbeats, state loading |
-//! | [`net`] | [`net::listener`] accept loop and the life of a connection before it upgrades (timeouts, pending cap, backlog, TLS), [`net::client_addr`] client address behind trusted proxies, [`net::open_files`] descriptor limit, [`net::tls`] certificates |
+//! | [`net`] | [`net::listener`] accept loop and the life of a connection before it upgrades (timeouts, pending cap, backlog, TLS), [`net::client_addr`] client address behind trusted proxies, [`net::open_files`] descriptor limit, [`net::tls`] certificates, [`net::shared_tcp`] one socket read and written through shared handles |
 //! | [`http`] | `/health`, `/metrics`, the dependency probe, the HTTP error type |
 //! | [`db`] | PostgreSQL connect options, lazy pool, migrations |
 //! | [`telemetry`] | tracing setup, Prometheus recorder, every metric name |

@@ -41,6 +41,7 @@ pub const WS_PONG_TIMEOUTS: &str = "oddsfeed_ws_pong_timeouts_total";
 pub const WS_WRITE_TIMEOUTS: &str = "oddsfeed_ws_write_timeouts_total";
 pub const WS_CLOSE_TIMEOUTS: &str = "oddsfeed_ws_close_timeouts_total";
 pub const WS_RESUMES: &str = "oddsfeed_ws_resumes_total";
+pub const FANOUT_FLUSHES: &str = "oddsfeed_ws_fanout_flushes_total";
 pub const RELAY_LATENCY: &str = "oddsfeed_relay_receive_latency_seconds";
 pub const DELIVERY_LATENCY: &str = "oddsfeed_delivery_latency_seconds";
 pub const BROWSER_LATENCY: &str = "oddsfeed_browser_latency_seconds";
@@ -216,6 +217,9 @@ pub fn register_broadcaster_metrics() {
     for limit in ["frames", "bytes"] {
         metrics::counter!(WS_SLOW_CLIENTS_CLOSED, "limit" => limit).increment(0);
     }
+    for path in ["direct", "writer", "inline"] {
+        metrics::counter!(FANOUT_FLUSHES, "path" => path).increment(0);
+    }
     for name in [
         WS_CONNECTIONS_TOTAL,
         WS_BYTES_SENT,
@@ -348,6 +352,11 @@ fn describe() {
             WS_BYTES_SENT,
             Unit::Bytes,
             "Bytes of room frames queued to clients.",
+        ),
+        (
+            FANOUT_FLUSHES,
+            Unit::Count,
+            "Sessions the fan-out flushed, by path: direct (all written by a fan-out thread), writer (the rest handed to the session's writer), inline (written by the relay itself because a fan-out thread's queue was full).",
         ),
         (
             WS_SLOW_CLIENTS_CLOSED,

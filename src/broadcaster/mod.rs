@@ -8,8 +8,12 @@
 //! - [`upgrade`]: the WebSocket handshake, handing the raw connection to the session.
 //! - [`session`]: one connection's life: read side with limits and close codes, guards that
 //!   release everything however it ends.
-//! - [`outbox`]: a session's send queue, bounded in frames and bytes (over it: 1013).
-//! - [`writer`]: a session's write side: vectored writes of shared frames, pings, deadlines.
+//! - [`outbox`]: a session's send queue, bounded in frames and bytes (over it: 1013), and the
+//!   one place that decides who writes the socket.
+//! - [`fanout`]: threads that write room frames straight into the sockets of sessions that
+//!   keep up, without waking their tasks.
+//! - [`writer`]: a session's write side: vectored writes of shared frames, pings, deadlines;
+//!   it takes over whatever the fan-out could not write at once.
 //! - [`frame`]: server frames encoded once, header included, shared by every member.
 //! - [`protocol`]: client and server messages.
 //! - [`room_name`]: odds room names parsed into a type (`sport:all`, `sport:<key>`, `event:<id>`).
@@ -17,6 +21,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod fanout;
 pub mod frame;
 pub mod inbox;
 pub mod outbox;

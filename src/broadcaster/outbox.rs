@@ -9,17 +9,31 @@
 //!
 //! Control frames (pongs and close replies from the protocol layer, the writer's pings) go in
 //! a small lane of their own that the writer sends before any data frame not yet started.
+//!
+//! Two parties write a session's socket, never at once: its writer task, and for room frames
+//! the fan-out threads ([`super::fanout`]). Both act under this queue's lock. The fan-out
+//! writes only while the writer has nothing in hand (`writer_busy`), nothing is waiting in the
+//! control lane and the session is open; it writes from the front of the queue, so the order
+//! on the wire is the queue's order. What it cannot write at once (a full socket, or the rest
+//! of a frame it wrote in part) stays at the front of the queue, with how much of the first
+//! frame is already out, and the writer is woken to finish it.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use metrics::counter;
+use metrics::{Histogram, counter, histogram};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::frame::WireFrame;
 use super::rooms::RoomKind;
+use crate::bus::now_ms;
 use crate::telemetry as m;
+
+/// Most frames in one vectored write from the fan-out (a caught-up session has one or two).
+const FLUSH_SLICES: usize = 16;
 
 /// Close code for a client that cannot keep up (RFC 6455 "try again later").
 pub const CLOSE_SLOW_CLIENT: u16 = 1013;
@@ -77,8 +91,9 @@ pub enum Closing {
 /// What the writer should do next.
 #[derive(Debug)]
 pub enum Next {
-    /// Frames to write (possibly none yet: wait for [`Outbox::changed`]).
-    Write,
+    /// Frames to write (possibly none yet: wait for [`Outbox::changed`]); `offset` bytes of
+    /// the first data frame taken were already written by the fan-out.
+    Write { offset: usize },
     /// Write this close frame, then stop.
     Close(WireFrame),
     /// Write the control frames taken (the reply to the client's close), then stop.
@@ -97,6 +112,85 @@ struct Queue {
     close_taken: bool,
     /// The reply to the client's close frame is queued: nothing may follow it either.
     peer_close_queued: bool,
+    /// Bytes of `data[0]` the fan-out already wrote; the writer sends the rest.
+    head_written: usize,
+    /// The writer has frames in hand (taken and not all written): only it may write now.
+    writer_busy: bool,
+    /// Handed to the fan-out and not yet flushed.
+    flush_due: bool,
+    /// The socket, for the fan-out's writes (plain TCP only; `None` after the session ends).
+    socket: Option<Arc<TcpStream>>,
+}
+
+/// What a fan-out flush did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flushed {
+    /// This many frames were written in full; nothing is left.
+    Written(usize),
+    /// This many were written in full and the rest was handed to the session's writer.
+    Handed(usize),
+}
+
+/// The publish → socket histogram per room kind, looked up once per process instead of once
+/// per frame.
+struct DeliveryLatency {
+    all: Histogram,
+    sport: Histogram,
+    event: Histogram,
+}
+
+fn delivery_latency() -> &'static DeliveryLatency {
+    static HANDLES: OnceLock<DeliveryLatency> = OnceLock::new();
+    HANDLES.get_or_init(|| DeliveryLatency {
+        all: histogram!(m::DELIVERY_LATENCY, "room" => RoomKind::All.label()),
+        sport: histogram!(m::DELIVERY_LATENCY, "room" => RoomKind::Sport.label()),
+        event: histogram!(m::DELIVERY_LATENCY, "room" => RoomKind::Event.label()),
+    })
+}
+
+/// Publish → socket latencies of delivered frames, counted per room kind and millisecond and
+/// recorded with one histogram call per value: a fan-out batch of thousands of sessions
+/// records a few dozen values, not one per frame.
+#[derive(Debug, Default)]
+pub struct LatencyTally(Vec<(RoomKind, i64, usize)>);
+
+impl LatencyTally {
+    fn add(&mut self, frame: &Outbound, now: i64) {
+        let Some(published_at) = frame.published_at else {
+            return;
+        };
+        if !matches!(
+            frame.kind,
+            RoomKind::All | RoomKind::Sport | RoomKind::Event
+        ) {
+            return;
+        }
+        let ms = (now - published_at).max(0);
+        // The latest entry is almost always the one: frames of one tick, one clock.
+        match self
+            .0
+            .iter_mut()
+            .rev()
+            .find(|(kind, at, _)| *kind == frame.kind && *at == ms)
+        {
+            Some(entry) => entry.2 += 1,
+            None => self.0.push((frame.kind, ms, 1)),
+        }
+    }
+
+    /// Records what was counted, and starts again.
+    pub fn record(&mut self) {
+        let handles = delivery_latency();
+        for (kind, ms, count) in self.0.drain(..) {
+            let seconds = ms as f64 / 1e3;
+            match kind {
+                RoomKind::All => handles.all.record_many(seconds, count),
+                RoomKind::Sport => handles.sport.record_many(seconds, count),
+                RoomKind::Event => handles.event.record_many(seconds, count),
+                RoomKind::Bridged | RoomKind::Reply => {}
+            }
+        }
+    }
 }
 
 /// A session's bounded queue.
@@ -117,9 +211,19 @@ impl Outbox {
                 closing: None,
                 close_taken: false,
                 peer_close_queued: false,
+                head_written: 0,
+                writer_busy: false,
+                flush_due: false,
+                socket: None,
             }),
             changed: Notify::new(),
         }
+    }
+
+    /// Lets the fan-out write room frames straight into `socket` (plain TCP), or stops it
+    /// (`None`, when the session ends: the socket is then closed by its last owner).
+    pub fn attach_socket(&self, socket: Option<Arc<TcpStream>>) {
+        self.lock().socket = socket;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -127,12 +231,46 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a frame. False when the session is closing, or when the frame would take it
-    /// past its budget: then the session is closed as a slow client.
+    /// Queues a frame and wakes the writer. False when the session is closing, or when the
+    /// frame would take it past its budget: then the session is closed as a slow client.
     pub fn push(&self, frame: Outbound) -> bool {
         let mut q = self.lock();
-        if q.closing.is_some() {
+        let Some(was_idle) = self.enqueue(&mut q, frame) else {
             return false;
+        };
+        drop(q);
+        if was_idle {
+            self.changed.notify_one();
+        }
+        true
+    }
+
+    /// Queues a room frame for the fan-out: when the session can be written by it, the
+    /// outbox goes into `due` (once until it is flushed) and the writer is not woken;
+    /// otherwise as [`Outbox::push`].
+    pub fn push_fanout(self: &Arc<Self>, frame: Outbound, due: &mut Vec<Arc<Outbox>>) -> bool {
+        let mut q = self.lock();
+        let Some(was_idle) = self.enqueue(&mut q, frame) else {
+            return false;
+        };
+        if q.socket.is_some() {
+            if !q.flush_due {
+                q.flush_due = true;
+                due.push(self.clone());
+            }
+            return true;
+        }
+        drop(q);
+        if was_idle {
+            self.changed.notify_one();
+        }
+        true
+    }
+
+    /// Queues a frame within the budget; `Some(queue was empty)`, or `None` when refused.
+    fn enqueue(&self, q: &mut Queue, frame: Outbound) -> Option<bool> {
+        if q.closing.is_some() {
+            return None;
         }
         let size = frame.frame.len();
         let over_bytes = q.bytes > IDLE_BYTES && q.bytes + size > self.limits.bytes;
@@ -145,24 +283,94 @@ impl Outbox {
             counter!(m::WS_SLOW_CLIENTS_CLOSED, "limit" => if over_bytes { "bytes" } else { "frames" })
                 .increment(1);
             Self::start_closing(
-                &mut q,
+                q,
                 Closing::Server {
                     code: CLOSE_SLOW_CLIENT,
                     reason,
                 },
             );
-            drop(q);
             self.changed.notify_one();
-            return false;
+            return None;
         }
         let was_idle = q.data.is_empty();
         q.bytes += size;
         q.data.push_back(frame);
-        drop(q);
-        if was_idle {
-            self.changed.notify_one();
+        Some(was_idle)
+    }
+
+    /// The fan-out's part: writes what is queued straight into the socket when the writer
+    /// has nothing in hand; whatever is left (a full socket, a frame written in part, a
+    /// session without a shared socket or with control frames waiting) is handed to the
+    /// writer. Never waits. The latencies of the frames written go into `tally`.
+    pub fn flush(&self, tally: &mut LatencyTally) -> Flushed {
+        let mut guard = self.lock();
+        let q = &mut *guard;
+        q.flush_due = false;
+        let mut written = 0;
+        let mut abort = false;
+        if let Some(socket) = &q.socket
+            && !q.writer_busy
+            && q.control.is_empty()
+            && q.closing.is_none()
+        {
+            let now = now_ms();
+            while !q.data.is_empty() {
+                let mut slices = [IoSlice::new(&[]); FLUSH_SLICES];
+                let mut n = 0;
+                for (slot, frame) in slices.iter_mut().zip(&q.data) {
+                    let bytes = frame.frame.bytes();
+                    *slot = IoSlice::new(if n == 0 {
+                        &bytes[q.head_written..]
+                    } else {
+                        bytes
+                    });
+                    n += 1;
+                }
+                match socket.try_write_vectored(&slices[..n]) {
+                    Ok(0) => {
+                        abort = true;
+                        break;
+                    }
+                    Ok(mut n) => {
+                        while let Some(front) = q.data.front() {
+                            let left = front.frame.len() - q.head_written;
+                            if n < left {
+                                q.head_written += n;
+                                break;
+                            }
+                            n -= left;
+                            q.head_written = 0;
+                            if let Some(frame) = q.data.pop_front() {
+                                q.bytes -= frame.frame.len();
+                                tally.add(&frame, now);
+                                written += 1;
+                            }
+                        }
+                        if q.head_written > 0 {
+                            break;
+                        }
+                    }
+                    // The socket is full: the writer waits for it.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // The connection is broken: end the session.
+                    Err(_) => {
+                        abort = true;
+                        break;
+                    }
+                }
+            }
         }
-        true
+        if abort {
+            Self::start_closing(q, Closing::Abort);
+        }
+        let left = !q.data.is_empty() || !q.control.is_empty() || q.closing.is_some();
+        drop(guard);
+        if left {
+            self.changed.notify_one();
+            Flushed::Handed(written)
+        } else {
+            Flushed::Written(written)
+        }
     }
 
     /// Queues a control frame produced by the protocol layer (a pong, the reply to a close).
@@ -205,10 +413,16 @@ impl Outbox {
         }
     }
 
-    /// Drops the queued data frames and their bytes (a closing session sends none of them).
+    /// Drops the queued data frames and their bytes (a closing session sends none of them),
+    /// except a frame the fan-out wrote in part, which the writer must complete first (unless
+    /// the session is aborted).
     fn drop_data(q: &mut Queue) {
-        let dropped: usize = q.data.drain(..).map(|f| f.frame.len()).sum();
+        let keep = usize::from(q.head_written > 0 && q.closing != Some(Closing::Abort));
+        let dropped: usize = q.data.drain(keep..).map(|f| f.frame.len()).sum();
         q.bytes -= dropped;
+        if keep == 0 {
+            q.head_written = 0;
+        }
     }
 
     /// How the session is closing, if it is.
@@ -217,43 +431,73 @@ impl Outbox {
     }
 
     /// Moves control frames into `control` and up to `max_frames` data frames (stopping
-    /// after `max_bytes`) into `data`, and says what comes next.
+    /// after `max_bytes`) into `data`, and says what comes next. `in_hand`: the writer still
+    /// has frames to write (or bytes to flush); while it has, the fan-out leaves the socket
+    /// to it.
     pub fn take(
         &self,
         control: &mut Vec<Bytes>,
         data: &mut VecDeque<Outbound>,
         max_frames: usize,
         max_bytes: usize,
+        in_hand: bool,
     ) -> Next {
         let mut q = self.lock();
         control.extend(q.control.drain(..));
-        match q.closing {
-            None => {
-                let mut taken = 0;
-                let mut taken_frames = 0;
-                while taken_frames < max_frames && taken < max_bytes {
-                    let Some(frame) = q.data.pop_front() else {
-                        break;
-                    };
-                    taken += frame.frame.len();
-                    taken_frames += 1;
-                    data.push_back(frame);
+        // A frame the fan-out wrote in part is finished before anything else, even when
+        // closing (it is the only data frame a closing session keeps).
+        let next = if q.closing.is_none() || q.head_written > 0 {
+            let mut offset = 0;
+            let mut taken = 0;
+            let mut taken_frames = 0;
+            while taken_frames < max_frames && taken < max_bytes {
+                let Some(frame) = q.data.pop_front() else {
+                    break;
+                };
+                if taken_frames == 0 {
+                    offset = std::mem::take(&mut q.head_written);
                 }
-                Next::Write
+                taken += frame.frame.len();
+                taken_frames += 1;
+                data.push_back(frame);
+                if q.closing.is_some() {
+                    break;
+                }
             }
-            Some(Closing::Server { code, reason }) if !q.close_taken => {
-                q.close_taken = true;
-                Next::Close(WireFrame::close(code, reason))
+            Next::Write { offset }
+        } else {
+            match q.closing {
+                Some(Closing::Server { code, reason }) if !q.close_taken => {
+                    q.close_taken = true;
+                    Next::Close(WireFrame::close(code, reason))
+                }
+                Some(Closing::Abort) => Next::Abort,
+                _ => Next::Done,
             }
-            Some(Closing::Abort) => Next::Abort,
-            Some(_) => Next::Done,
-        }
+        };
+        q.writer_busy = in_hand
+            || !control.is_empty()
+            || !data.is_empty()
+            || !matches!(next, Next::Write { .. });
+        next
     }
 
     /// The writer has written (or dropped) `bytes` of the data frames it took.
     pub fn release(&self, bytes: usize) {
         let mut q = self.lock();
         q.bytes = q.bytes.saturating_sub(bytes);
+    }
+
+    /// The writer has written these data frames: their bytes are free and their latency is
+    /// recorded.
+    pub fn delivered(&self, frames: &[Outbound]) {
+        self.release(frames.iter().map(|f| f.frame.len()).sum());
+        let now = now_ms();
+        let mut tally = LatencyTally::default();
+        for frame in frames {
+            tally.add(frame, now);
+        }
+        tally.record();
     }
 
     /// Resolves after something was queued or the session started closing since the last
@@ -279,7 +523,7 @@ mod tests {
 
     fn take_all(o: &Outbox) -> (Vec<Bytes>, VecDeque<Outbound>, Next) {
         let (mut c, mut d) = (Vec::new(), VecDeque::new());
-        let next = o.take(&mut c, &mut d, usize::MAX, usize::MAX);
+        let next = o.take(&mut c, &mut d, usize::MAX, usize::MAX, false);
         (c, d, next)
     }
 
@@ -375,7 +619,7 @@ mod tests {
         let (control, data, next) = take_all(&o);
         assert_eq!(control, vec![Bytes::from_static(b"pong")]);
         assert_eq!(data.len(), 1);
-        assert!(matches!(next, Next::Write));
+        assert!(matches!(next, Next::Write { offset: 0 }));
         for _ in 0..20 {
             o.push_control(Bytes::from_static(b"pong"));
         }

@@ -4,8 +4,10 @@
 //! One mutex guards the book and the rooms together. That is what makes a subscription exact:
 //! the snapshot (or the replayed messages) and joining the room happen in one critical section,
 //! so no message can fall between them or be delivered twice. Every frame is serialised once
-//! per room and the same `Utf8Bytes` is handed to every member; a member whose queue is full is
-//! closed with 1013 instead of slowing the room down.
+//! per room (WebSocket header included) and the same bytes are queued for every member; a
+//! member whose queue is full is closed with 1013 instead of slowing the room down. Queuing is
+//! all the lock covers: the writes happen after it is released, on the fan-out threads
+//! ([`super::fanout`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use metrics::{counter, gauge};
 use serde_json::Value;
 
+use super::fanout::Fanout;
 use super::frame::WireFrame;
 use super::outbox::{Outbound, Outbox};
 use super::protocol::{ErrorCode, Rejection, ServerMessage};
@@ -146,6 +149,9 @@ struct Inner {
     publisher_live: bool,
     /// Sessions and the rooms they are in, for `rooms` and cleanup.
     sessions: HashMap<ClientId, HashSet<String>>,
+    /// Outboxes that got room frames in this critical section, for the fan-out once the lock
+    /// is released.
+    due: Vec<Arc<Outbox>>,
 }
 
 /// The shared registry. Cheap to clone.
@@ -153,6 +159,7 @@ struct Inner {
 pub struct Hub {
     inner: Arc<Mutex<Inner>>,
     limits: HubLimits,
+    fanout: Fanout,
 }
 
 fn publishing_order(a: &&Event, b: &&Event) -> std::cmp::Ordering {
@@ -247,7 +254,7 @@ impl Inner {
         }
         let mut sent = 0u64;
         for member in r.members.values() {
-            if member.send(frame.clone()) {
+            if member.outbox.push_fanout(frame.clone(), &mut self.due) {
                 sent += 1;
             }
         }
@@ -270,21 +277,30 @@ impl Inner {
 }
 
 impl Hub {
-    pub fn new(limits: HubLimits) -> Self {
+    pub fn new(limits: HubLimits, fanout: Fanout) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 book: None,
                 rooms: HashMap::new(),
                 publisher_live: true,
                 sessions: HashMap::new(),
+                due: Vec::new(),
             })),
             limits,
+            fanout,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Every critical section leaves the data consistent before any call that could panic.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Releases the lock, then hands what was queued under it to the fan-out.
+    fn unlock_and_flush(&self, mut inner: MutexGuard<'_, Inner>) {
+        let due = std::mem::take(&mut inner.due);
+        drop(inner);
+        self.fanout.flush(due);
     }
 
     /// Registers a session. It leaves every room when the returned guard drops, however the
@@ -499,6 +515,7 @@ impl Hub {
                 inner.deliver(&name, frame, None, &self.limits);
             }
         }
+        self.unlock_and_flush(inner);
     }
 
     /// Applies one odds message to the book and fans it out to the odds rooms. The message's
@@ -614,6 +631,7 @@ impl Hub {
                 .or_insert_with(|| Room::new(kind, Some(odds)));
             inner.deliver(&room, f, Some(seq), &self.limits);
         }
+        self.unlock_and_flush(inner);
         Applied::Yes
     }
 
@@ -633,6 +651,7 @@ impl Hub {
             kind: RoomKind::Bridged,
         };
         inner.deliver(room, frame, None, &self.limits);
+        self.unlock_and_flush(inner);
     }
 
     /// Records whether the publisher is live and tells every odds room when that changes.
@@ -656,6 +675,7 @@ impl Hub {
             }));
             inner.deliver(&room, frame, None, &self.limits);
         }
+        self.unlock_and_flush(inner);
     }
 
     /// Per-room seqs of the current book, for tests and /health.

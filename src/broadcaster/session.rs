@@ -38,6 +38,7 @@ use super::rooms::{ClientId, Hub, SessionHandle};
 use super::writer::{self, PongClock, WriterEnd, WriterTiming};
 use crate::bus::now_ms;
 use crate::net::listener::Stream;
+use crate::net::shared_tcp::SharedTcp;
 use crate::supervisor::Faults;
 use crate::telemetry as m;
 
@@ -265,17 +266,30 @@ impl<R: Unpin> AsyncWrite for ProtocolIo<R> {
 type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// Splits a client stream; a plain TCP stream splits without a lock.
-fn split(stream: Stream) -> (ReadHalf, WriteHalf) {
+/// Splits a client stream. A plain TCP stream is shared, without a lock, between the read
+/// side, the writer and the fan-out threads (it is given to the outbox); a TLS stream is
+/// split behind tokio's lock and only the writer writes it.
+fn split(stream: Stream, outbox: &Outbox) -> (ReadHalf, WriteHalf) {
     match stream {
         Stream::Plain(tcp) => {
-            let (read, write) = tcp.into_split();
-            (Box::new(read), Box::new(write))
+            let tcp = Arc::new(tcp);
+            outbox.attach_socket(Some(tcp.clone()));
+            (Box::new(SharedTcp(tcp.clone())), Box::new(SharedTcp(tcp)))
         }
         Stream::Tls(tls) => {
             let (read, write) = tokio::io::split(*tls);
             (Box::new(read), Box::new(write))
         }
+    }
+}
+
+/// Takes the socket back from the outbox when dropped, so the socket closes with the session
+/// even while a fan-out thread or the hub still holds the outbox.
+struct Detach<'a>(&'a Outbox);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        self.0.attach_socket(None);
     }
 }
 
@@ -300,7 +314,9 @@ pub async fn run(
     let _membership = ctx.hub.connect(id);
     counter!(m::WS_CONNECTIONS_TOTAL).increment(1);
 
-    let (read, write) = split(stream);
+    let (read, write) = split(stream, &outbox);
+    // The fan-out lets go of the socket when the session ends, whatever ends it.
+    let _detach = Detach(&outbox);
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
@@ -695,15 +711,19 @@ fn read_error(error: WsError) -> ReadEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broadcaster::fanout::Fanout;
     use crate::broadcaster::rooms::HubLimits;
     use proptest::prelude::*;
 
     fn ctx() -> SessionContext {
         SessionContext {
-            hub: Hub::new(HubLimits {
-                replay_messages: 8,
-                replay_bytes: 1 << 20,
-            }),
+            hub: Hub::new(
+                HubLimits {
+                    replay_messages: 8,
+                    replay_bytes: 1 << 20,
+                },
+                Fanout::new(1).unwrap(),
+            ),
             verifier: Verifier::new(Some("k"), 3600),
             limits: SessionLimits {
                 max_rooms: 3,
@@ -888,7 +908,7 @@ mod tests {
             prop_assert_eq!(outbox.closing(), None);
             prop_assert!(ctx.hub.rooms_of(7).len() <= ctx.limits.max_rooms);
             let (mut control, mut data) = (Vec::new(), std::collections::VecDeque::new());
-            outbox.take(&mut control, &mut data, usize::MAX, usize::MAX);
+            outbox.take(&mut control, &mut data, usize::MAX, usize::MAX, false);
             prop_assert!(!data.is_empty(), "every message gets an answer");
             for frame in data {
                 let v: serde_json::Value = serde_json::from_slice(frame.frame.payload())

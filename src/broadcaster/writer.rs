@@ -19,14 +19,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use metrics::{Histogram, counter, histogram};
+use metrics::counter;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::frame::WireFrame;
 use super::outbox::{Closing, Next, Outbound, Outbox};
-use super::rooms::RoomKind;
-use crate::bus::now_ms;
 use crate::telemetry as m;
 
 /// Most frames taken into one vectored write (Linux accepts up to 1024 slices).
@@ -100,37 +98,6 @@ impl PongClock {
 impl Default for PongClock {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// The publish → socket histogram per room kind, looked up once per session instead of once
-/// per frame.
-struct DeliveryLatency {
-    all: Histogram,
-    sport: Histogram,
-    event: Histogram,
-}
-
-impl DeliveryLatency {
-    fn new() -> Self {
-        Self {
-            all: histogram!(m::DELIVERY_LATENCY, "room" => RoomKind::All.label()),
-            sport: histogram!(m::DELIVERY_LATENCY, "room" => RoomKind::Sport.label()),
-            event: histogram!(m::DELIVERY_LATENCY, "room" => RoomKind::Event.label()),
-        }
-    }
-
-    fn record(&self, frame: &Outbound) {
-        let Some(published_at) = frame.published_at else {
-            return;
-        };
-        let seconds = (now_ms() - published_at).max(0) as f64 / 1e3;
-        match frame.kind {
-            RoomKind::All => self.all.record(seconds),
-            RoomKind::Sport => self.sport.record(seconds),
-            RoomKind::Event => self.event.record(seconds),
-            RoomKind::Bridged | RoomKind::Reply => {}
-        }
     }
 }
 
@@ -242,7 +209,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
     pong: &PongClock,
     timing: WriterTiming,
 ) -> WriterEnd {
-    let latency = DeliveryLatency::new();
     let mut batch = Batch {
         frames: VecDeque::new(),
         offset: 0,
@@ -261,12 +227,25 @@ pub async fn run<W: AsyncWrite + Unpin>(
         let was_empty = batch.is_empty();
         if ending.is_none() {
             let room = BATCH_FRAMES.saturating_sub(batch.frames.len());
-            let next = outbox.take(&mut control, &mut data, room, BATCH_BYTES);
-            if !matches!(next, Next::Write) {
+            let in_hand = !batch.is_empty() || unflushed;
+            let next = outbox.take(&mut control, &mut data, room, BATCH_BYTES, in_hand);
+            if !matches!(next, Next::Write { .. }) {
                 outbox.release(batch.drop_unstarted_data());
             }
+            // Data first: a frame the fan-out wrote in part continues where it stopped, and
+            // control frames go in behind it, ahead of the frames not yet started.
+            batch.frames.extend(data.drain(..).map(|frame| Piece {
+                bytes: frame.frame.bytes().clone(),
+                data: Some(frame),
+            }));
             match next {
-                Next::Write => {}
+                Next::Write { offset } => {
+                    if offset > 0 {
+                        // The fan-out writes only while the writer holds nothing.
+                        debug_assert!(was_empty);
+                        batch.offset = offset;
+                    }
+                }
                 Next::Close(close) => {
                     batch.frames.push_back(Piece {
                         bytes: close.bytes().clone(),
@@ -280,10 +259,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
             for bytes in control.drain(..) {
                 batch.insert_control(bytes);
             }
-            batch.frames.extend(data.drain(..).map(|frame| Piece {
-                bytes: frame.frame.bytes().clone(),
-                data: Some(frame),
-            }));
         }
         if was_empty && !batch.is_empty() {
             last_progress = Instant::now();
@@ -344,10 +319,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 unflushed = true;
                 batch.advance(n, &mut done);
                 if !done.is_empty() {
-                    outbox.release(done.iter().map(|f| f.frame.len()).sum());
-                    for frame in done.drain(..) {
-                        latency.record(&frame);
-                    }
+                    outbox.delivered(&done);
+                    done.clear();
                 }
             }
             Wake::Timer => {
@@ -367,7 +340,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 if now >= next_ping {
                     next_ping = now + timing.ping_interval;
                     if ending.is_none() {
-                        batch.insert_control(WireFrame::ping().bytes().clone());
+                        // Through the outbox, so it is in hand before anything is written.
+                        outbox.push_control(WireFrame::ping().bytes().clone());
                     }
                 }
                 let mut due = next_ping;
@@ -400,6 +374,7 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use crate::broadcaster::outbox::OutboxLimits;
+    use std::ops::Not;
     use tokio::io::AsyncReadExt;
 
     fn outbox() -> Outbox {
@@ -415,6 +390,151 @@ mod tests {
             pong_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// A connected pair: the client, and the server's socket shared as a session shares it
+    /// (with the outbox, whose fan-out writes it, and with the writer).
+    async fn shared_pair(
+        send_buffer: Option<usize>,
+    ) -> (tokio::net::TcpStream, std::sync::Arc<tokio::net::TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        if let Some(size) = send_buffer {
+            socket2::SockRef::from(&server)
+                .set_send_buffer_size(size)
+                .unwrap();
+        }
+        server.writable().await.unwrap();
+        (client, std::sync::Arc::new(server))
+    }
+
+    fn fanout_frame(text: &str) -> Outbound {
+        Outbound {
+            frame: WireFrame::text(text),
+            published_at: Some(crate::bus::now_ms()),
+            kind: crate::broadcaster::rooms::RoomKind::All,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fanout_writes_a_caught_up_session_without_waking_its_writer() {
+        let (mut client, server) = shared_pair(None).await;
+        let o = std::sync::Arc::new(outbox());
+        o.attach_socket(Some(server));
+        let mut due = Vec::new();
+        let frames: Vec<Outbound> = (0..3).map(|i| fanout_frame(&format!("f{i}"))).collect();
+        for f in &frames {
+            assert!(o.push_fanout(f.clone(), &mut due));
+        }
+        assert_eq!(due.len(), 1, "an outbox is due once until it is flushed");
+        assert_eq!(
+            o.flush(&mut Default::default()),
+            crate::broadcaster::outbox::Flushed::Written(3)
+        );
+        assert_eq!(o.usage(), (0, 0));
+        let expected: Vec<u8> = frames
+            .iter()
+            .flat_map(|f| f.frame.bytes().to_vec())
+            .collect();
+        let mut got = vec![0u8; expected.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, expected);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), o.changed())
+                .await
+                .is_err(),
+            "the writer was not woken"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_fanout_wrote_in_part_is_finished_first_then_control_then_the_rest() {
+        let (mut client, server) = shared_pair(Some(4096)).await;
+        let o = std::sync::Arc::new(Outbox::new(OutboxLimits {
+            frames: 1000,
+            bytes: 16 << 20,
+        }));
+        o.attach_socket(Some(server.clone()));
+        let big = fanout_frame(&"b".repeat(4 << 20));
+        let small = fanout_frame("after");
+        let mut due = Vec::new();
+        assert!(o.push_fanout(big.clone(), &mut due));
+        assert!(o.push_fanout(small.clone(), &mut due));
+        // The client reads nothing yet: the socket takes part of the big frame.
+        let crate::broadcaster::outbox::Flushed::Handed(0) = o.flush(&mut Default::default())
+        else {
+            panic!("the big frame cannot go out whole");
+        };
+        // A pong arrives while the big frame is half out: it must wait for the frame's end.
+        let pong = Bytes::from_static(b"\x8a\x00");
+        o.push_control(pong.clone());
+        let clock = std::sync::Arc::new(PongClock::new());
+        let writer = {
+            let (o, clock) = (o.clone(), clock.clone());
+            let io = crate::net::shared_tcp::SharedTcp(server);
+            tokio::spawn(async move { run(io, &o, &clock, timing()).await })
+        };
+        let expected_len = big.frame.len() + pong.len() + small.frame.len();
+        let mut got = vec![0u8; expected_len];
+        client.read_exact(&mut got).await.unwrap();
+        let mut expected = big.frame.bytes().to_vec();
+        expected.extend_from_slice(&pong);
+        expected.extend_from_slice(small.frame.bytes());
+        assert!(
+            got == expected,
+            "the big frame whole, the pong, then the next frame"
+        );
+        o.close(Closing::Server {
+            code: 1000,
+            reason: "bye",
+        });
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, WireFrame::close(1000, "bye").bytes().to_vec());
+        assert_eq!(writer.await.unwrap(), WriterEnd::CloseSent);
+        assert_eq!(o.usage(), (0, 0), "every byte released");
+    }
+
+    #[tokio::test]
+    async fn closing_keeps_only_the_frame_the_fanout_wrote_in_part() {
+        let (mut client, server) = shared_pair(Some(4096)).await;
+        let o = std::sync::Arc::new(Outbox::new(OutboxLimits {
+            frames: 1000,
+            bytes: 16 << 20,
+        }));
+        o.attach_socket(Some(server.clone()));
+        let big = fanout_frame(&"c".repeat(2 << 20));
+        let mut due = Vec::new();
+        assert!(o.push_fanout(big.clone(), &mut due));
+        assert!(o.push_fanout(fanout_frame("dropped"), &mut due));
+        assert!(matches!(
+            o.flush(&mut Default::default()),
+            crate::broadcaster::outbox::Flushed::Handed(0)
+        ));
+        o.close(Closing::Server {
+            code: 1013,
+            reason: "send buffer full",
+        });
+        assert_eq!(o.usage().0, 1, "only the frame begun on the wire is kept");
+        // Nothing is written from the fan-out once closing.
+        assert!(o.push_fanout(fanout_frame("late"), &mut due).not());
+        let clock = PongClock::new();
+        let io = crate::net::shared_tcp::SharedTcp(server);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        assert_eq!(run(io, &o, &clock, timing()).await, WriterEnd::CloseSent);
+        let mut expected = big.frame.bytes().to_vec();
+        expected.extend_from_slice(WireFrame::close(1013, "send buffer full").bytes());
+        assert!(
+            reader.await.unwrap() == expected,
+            "the whole frame, then the close frame"
+        );
     }
 
     #[tokio::test(start_paused = true)]

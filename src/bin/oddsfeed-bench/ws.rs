@@ -16,12 +16,16 @@ use crate::{cpu_time, rss_kib};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WsArgs {
-    /// WebSocket URL of the server (ws://host:port/path).
-    #[arg(long, default_value = "ws://127.0.0.1:3001/ws")]
-    url: String,
+    /// WebSocket URL of the server (ws://host:port/path); several, comma-separated, spread
+    /// the clients over several broadcaster processes (same path).
+    #[arg(long, value_delimiter = ',', default_value = "ws://127.0.0.1:3001/ws")]
+    url: Vec<String>,
     /// Clients to open.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
+    /// Rooms each client joins (client i joins rooms i, i+1, … of the list).
+    #[arg(long, default_value_t = 1)]
+    rooms_per_client: usize,
     /// Rooms to spread the clients over (round-robin).
     #[arg(
         long,
@@ -68,17 +72,31 @@ fn sum_over<F: Fn(u32) -> Option<u64>>(pids: &[u32], f: F) -> Option<u64> {
     pids.iter().map(|p| f(*p)).sum()
 }
 
-pub async fn run(args: WsArgs) -> anyhow::Result<()> {
-    let rest = args
-        .url
+/// The address and path of a `ws://` URL.
+fn parse_url(url: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
+    let rest = url
         .strip_prefix("ws://")
         .context("only ws:// URLs are supported by the benchmark")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let addr: std::net::SocketAddr = host
+    let addr = host
         .replacen("localhost", "127.0.0.1", 1)
         .parse()
         .context("the URL's host must be an address:port")?;
-    let path = format!("/{path}");
+    Ok((addr, format!("/{path}")))
+}
+
+pub async fn run(args: WsArgs) -> anyhow::Result<()> {
+    let mut addrs = Vec::new();
+    let mut path = String::new();
+    for url in &args.url {
+        let (addr, p) = parse_url(url)?;
+        anyhow::ensure!(
+            path.is_empty() || path == p,
+            "every URL must have the same path"
+        );
+        addrs.push(addr.to_string());
+        path = p;
+    }
     let processes = args.clients.div_ceil(args.per_process.max(1)).max(1);
     let exe = std::env::current_exe()?;
     let rss_before = sum_over(&args.server_pid, rss_kib);
@@ -91,7 +109,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
             .args([
                 "ws-worker",
                 "--addr",
-                &addr.to_string(),
+                &addrs.join(","),
                 "--path",
                 &path,
                 "--clients",
@@ -100,6 +118,8 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
                 &first.to_string(),
                 "--rooms",
                 &args.rooms.join(","),
+                "--rooms-per-client",
+                &args.rooms_per_client.to_string(),
                 "--source-addresses",
                 &args.source_addresses.to_string(),
             ])
@@ -216,8 +236,9 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "bench CPU {:.2} s over the whole run",
-        bench_cpu_ms as f64 / 1e3
+        "bench CPU {:.2} s in the window: {:.2} us per received frame",
+        bench_cpu_ms as f64 / 1e3,
+        bench_cpu_ms as f64 * 1e3 / frames.max(1) as f64
     );
     Ok(())
 }

@@ -23,9 +23,9 @@ use crate::histogram::Histogram;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
-    /// Server address (host:port).
-    #[arg(long)]
-    pub addr: SocketAddr,
+    /// Server addresses (host:port); client i connects to the (i mod n)th.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub addr: Vec<SocketAddr>,
     /// Request path of the WebSocket endpoint.
     #[arg(long, default_value = "/ws")]
     pub path: String,
@@ -38,6 +38,9 @@ pub struct WorkerArgs {
     pub first: usize,
     #[arg(long, value_delimiter = ',')]
     pub rooms: Vec<String>,
+    /// Rooms each client joins: client i joins rooms i, i+1, … (mod the list).
+    #[arg(long, default_value_t = 1)]
+    pub rooms_per_client: usize,
     /// Source addresses 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 64)]
     pub source_addresses: u8,
@@ -58,8 +61,12 @@ const HEAD: usize = 256;
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !args.rooms.is_empty() && args.source_addresses > 0,
-        "need rooms and source addresses"
+        !args.rooms.is_empty()
+            && args.source_addresses > 0
+            && !args.addr.is_empty()
+            && (1..=args.rooms.len()).contains(&args.rooms_per_client),
+        "need server addresses, source addresses, and 1 to {} rooms per client",
+        args.rooms.len()
     );
     let shared = Arc::new(Shared {
         recording: AtomicBool::new(false),
@@ -79,12 +86,14 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             0,
             1 + (i % usize::from(args.source_addresses)) as u8,
         );
-        let room = args.rooms[i % args.rooms.len()].clone();
+        let rooms: Vec<String> = (0..args.rooms_per_client)
+            .map(|k| args.rooms[(i + k) % args.rooms.len()].clone())
+            .collect();
         tasks.push(tokio::spawn(client(
-            args.addr,
+            args.addr[i % args.addr.len()],
             args.path.clone(),
             source,
-            room,
+            rooms,
             ready_tx.clone(),
             shared.clone(),
             stop.clone(),
@@ -112,16 +121,22 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         json!({"ready": true, "connected": connect_ms.len(), "failed": errors.len(),
                "firstError": errors.first(), "connectMs": connect_ms})
     );
+    let cpu_ms = || crate::cpu_time(std::process::id()).map_or(0, |d| d.as_millis());
+    let mut cpu_at_start = cpu_ms();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = stdin.next_line().await {
         match line.trim() {
-            "start" => shared.recording.store(true, Ordering::SeqCst),
+            "start" => {
+                cpu_at_start = cpu_ms();
+                shared.recording.store(true, Ordering::SeqCst);
+            }
             "stop" => break,
             _ => {}
         }
     }
     shared.recording.store(false, Ordering::SeqCst);
-    let cpu_ms = crate::cpu_time(std::process::id()).map_or(0, |d| d.as_millis());
+    // This worker's CPU time in the window.
+    let cpu_ms = cpu_ms().saturating_sub(cpu_at_start);
     println!(
         "{}",
         json!({"result": true,
@@ -179,22 +194,32 @@ fn field(head: &[u8], key: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
-/// One client: connect from `source`, upgrade, subscribe to `room`, wait for the snapshot,
-/// then count what arrives until `stop`.
+/// The room a frame head names (`"room":"…"`).
+fn room_of(head: &[u8]) -> Option<&[u8]> {
+    let key = br#""room":""#;
+    let start = head.windows(key.len()).position(|w| w == key)? + key.len();
+    let len = head[start..].iter().position(|b| *b == b'"')?;
+    Some(&head[start..start + len])
+}
+
+/// One client: connect from `source`, upgrade, subscribe to `rooms`, wait for their
+/// snapshots, then count what arrives until `stop`, checking each room's seqs.
 async fn client(
     addr: SocketAddr,
     path: String,
     source: Ipv4Addr,
-    room: String,
+    rooms: Vec<String>,
     ready: tokio::sync::mpsc::Sender<Result<Duration, String>>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
     let started = Instant::now();
-    let connected =
-        tokio::time::timeout(Duration::from_secs(60), connect(addr, &path, source, &room))
-            .await
-            .unwrap_or_else(|_| Err("timed out connecting".into()));
+    let connected = tokio::time::timeout(
+        Duration::from_secs(60),
+        connect(addr, &path, source, &rooms),
+    )
+    .await
+    .unwrap_or_else(|_| Err("timed out connecting".into()));
     let (mut tcp, mut reader) = match connected {
         Ok(parts) => parts,
         Err(e) => {
@@ -202,8 +227,14 @@ async fn client(
             return;
         }
     };
-    let mut last_seq: Option<u64> = None;
+    // Each room's last seq, in the order of `rooms`.
+    let mut last_seq: Vec<Option<u64>> = vec![None; rooms.len()];
+    let mut snapshots = 0;
     let mut reported = false;
+    let index = |head: &[u8]| {
+        let room = room_of(head)?;
+        rooms.iter().position(|r| r.as_bytes() == room)
+    };
     loop {
         let frame = tokio::select! {
             _ = stop.cancelled() => return,
@@ -220,6 +251,7 @@ async fn client(
         match opcode {
             0x1 if head.starts_with(br#"{"type":"odds""#) => {
                 let seq = field(&head, r#""seq":"#);
+                let Some(room) = index(&head) else { continue };
                 if shared.recording.load(Ordering::Relaxed) {
                     let published = field(&head, r#""publishedAtUs":"#)
                         .or_else(|| field(&head, r#""publishedAt":"#).map(|ms| ms * 1000));
@@ -228,15 +260,19 @@ async fn client(
                     }
                     shared.frames.fetch_add(1, Ordering::Relaxed);
                     shared.bytes.fetch_add(len, Ordering::Relaxed);
-                    if last_seq.is_some_and(|last| Some(last + 1) != seq) {
+                    if last_seq[room].is_some_and(|last| Some(last + 1) != seq) {
                         shared.gaps.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                last_seq = seq;
+                last_seq[room] = seq;
             }
             0x1 if head.starts_with(br#"{"type":"snapshot""#) => {
-                last_seq = field(&head, r#""seq":"#);
-                if !reported {
+                let Some(room) = index(&head) else { continue };
+                if last_seq[room].is_none() {
+                    snapshots += 1;
+                }
+                last_seq[room] = field(&head, r#""seq":"#);
+                if !reported && snapshots == rooms.len() {
                     reported = true;
                     let _ = ready.send(Ok(started.elapsed())).await;
                 }
@@ -258,7 +294,7 @@ async fn connect(
     addr: SocketAddr,
     path: &str,
     source: Ipv4Addr,
-    room: &str,
+    rooms: &[String],
 ) -> Result<(TcpStream, FrameReader), String> {
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
     socket
@@ -289,10 +325,12 @@ async fn connect(
         ));
     }
     reader.consume(head_end);
-    let subscribe = json!({"type": "subscribe", "room": room}).to_string();
-    tcp.write_all(&client_frame(0x1, subscribe.as_bytes()))
-        .await
-        .map_err(|e| e.to_string())?;
+    for room in rooms {
+        let subscribe = json!({"type": "subscribe", "room": room}).to_string();
+        tcp.write_all(&client_frame(0x1, subscribe.as_bytes()))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     Ok((tcp, reader))
 }
 

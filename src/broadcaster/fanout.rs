@@ -15,13 +15,14 @@
 //! delivery of one tick was a queue that took ~170 ms of CPU to drain. Here a tick is a few
 //! batches, split evenly across the threads.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread;
 
 use metrics::counter;
 
-use super::outbox::{Flushed, LatencyTally, Outbox};
+use super::outbox::{Closing, Flushed, LatencyTally, Outbox};
 use crate::telemetry as m;
 
 /// Batches waiting for one thread at most; past it the caller writes the batch itself (a
@@ -91,9 +92,15 @@ fn flush_all(batch: &[Arc<Outbox>]) {
     let (mut direct, mut writer) = (0u64, 0u64);
     let mut latency = LatencyTally::default();
     for outbox in batch {
-        match outbox.flush(&mut latency) {
-            Flushed::Written(_) => direct += 1,
-            Flushed::Handed(_) => writer += 1,
+        // A flush that panicked would leave this session (and, uncaught, the rest of the
+        // batch) queued with nobody to write it: the session ends instead, the batch goes on.
+        match catch_unwind(AssertUnwindSafe(|| outbox.flush(&mut latency))) {
+            Ok(Flushed::Written(_)) => direct += 1,
+            Ok(Flushed::Handed(_)) => writer += 1,
+            Err(_) => {
+                tracing::error!("a fan-out flush panicked; closing that connection");
+                outbox.close(Closing::Abort);
+            }
         }
     }
     latency.record();

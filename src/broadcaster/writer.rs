@@ -233,19 +233,24 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 outbox.release(batch.drop_unstarted_data());
             }
             // Data first: a frame the fan-out wrote in part continues where it stopped, and
-            // control frames go in behind it, ahead of the frames not yet started.
+            // control frames go in behind it, ahead of the frames not yet started, and ahead
+            // of our close frame (nothing may follow that).
             batch.frames.extend(data.drain(..).map(|frame| Piece {
                 bytes: frame.frame.bytes().clone(),
                 data: Some(frame),
             }));
+            if let Next::Write { offset } = next
+                && offset > 0
+            {
+                // The fan-out writes only while the writer holds nothing.
+                debug_assert!(was_empty);
+                batch.offset = offset;
+            }
+            for bytes in control.drain(..) {
+                batch.insert_control(bytes);
+            }
             match next {
-                Next::Write { offset } => {
-                    if offset > 0 {
-                        // The fan-out writes only while the writer holds nothing.
-                        debug_assert!(was_empty);
-                        batch.offset = offset;
-                    }
-                }
+                Next::Write { .. } => {}
                 Next::Close(close) => {
                     batch.frames.push_back(Piece {
                         bytes: close.bytes().clone(),
@@ -255,9 +260,6 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 }
                 Next::Done => ending = Some(WriterEnd::Finished),
                 Next::Abort => return WriterEnd::Broken,
-            }
-            for bytes in control.drain(..) {
-                batch.insert_control(bytes);
             }
         }
         if was_empty && !batch.is_empty() {
@@ -339,8 +341,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
                 }
                 if now >= next_ping {
                     next_ping = now + timing.ping_interval;
-                    if ending.is_none() {
-                        // Through the outbox, so it is in hand before anything is written.
+                    // Through the outbox, so it is in hand before anything is written; none
+                    // once the session is closing.
+                    if ending.is_none() && outbox.closing().is_none() {
                         outbox.push_control(WireFrame::ping().bytes().clone());
                     }
                 }
@@ -637,6 +640,64 @@ mod tests {
         );
         assert_eq!(started.elapsed(), Duration::from_secs(10));
         assert_eq!(o.closing(), Some(Closing::Abort));
+    }
+
+    #[tokio::test]
+    async fn a_pong_taken_with_our_close_goes_before_it() {
+        // A client's ping and then a protocol violation in one read: the pong and the 1002
+        // close reach the writer in one take.
+        let (mut client, server) = tokio::io::duplex(1024);
+        let o = outbox();
+        let pong_reply = Bytes::from_static(b"\x8a\x00");
+        o.push_control(pong_reply.clone());
+        o.close(Closing::Server {
+            code: 1002,
+            reason: "protocol error",
+        });
+        let clock = PongClock::new();
+        assert_eq!(run(server, &o, &clock, timing()).await, WriterEnd::CloseSent);
+        let mut bytes = Vec::new();
+        client.read_to_end(&mut bytes).await.unwrap();
+        let mut expected = pong_reply.to_vec();
+        expected.extend_from_slice(WireFrame::close(1002, "protocol error").bytes());
+        assert_eq!(bytes, expected, "the pong, then the close frame, then nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_follows_the_close_frame_when_the_ping_and_pong_deadlines_meet() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let o = outbox();
+        let pong = PongClock::new();
+        let timing = WriterTiming {
+            ping_interval: Duration::from_secs(1),
+            pong_timeout: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(10),
+        };
+        // A pong of ours for a client ping is waiting when the deadlines meet at 2 s.
+        let clock = &pong;
+        let writer = run(server, &o, clock, timing);
+        let pong_reply = Bytes::from_static(b"\x8a\x00");
+        let queue_reply = async {
+            tokio::time::sleep(Duration::from_millis(1999)).await;
+            o.push_control(pong_reply.clone());
+        };
+        let (end, ()) = tokio::join!(writer, queue_reply);
+        assert_eq!(end, WriterEnd::CloseSent);
+        let mut bytes = Vec::new();
+        client.read_to_end(&mut bytes).await.unwrap();
+        let close = WireFrame::close(1000, "no pong");
+        assert!(
+            bytes.ends_with(close.bytes()),
+            "the close frame is the last frame: {bytes:?}"
+        );
+        let ping = WireFrame::ping();
+        let mut expected = ping.bytes().to_vec();
+        expected.extend_from_slice(&pong_reply);
+        expected.extend_from_slice(close.bytes());
+        assert_eq!(
+            bytes, expected,
+            "the ping at 1 s, the pong, then the close at 2 s"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -356,7 +356,7 @@ fn describe() {
         (
             FANOUT_FLUSHES,
             Unit::Count,
-            "Sessions the fan-out flushed, by path: direct (all written by a fan-out thread), writer (the rest handed to the session's writer), inline (written by the relay itself because a fan-out thread's queue was full).",
+            "Sessions the fan-out flushed, by path: direct (all written by a fan-out thread), writer (the rest handed to the session's writer), inline (of those, flushed by the relay itself because a fan-out thread's queue was full). TLS sessions are written by their own writer and not counted.",
         ),
         (
             WS_SLOW_CLIENTS_CLOSED,

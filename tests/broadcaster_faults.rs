@@ -194,6 +194,15 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_nobody_else_waits() {
         }
     }
     assert_eq!(code, Some(1013), "close code for the stalled client");
+    // Its full socket made the fan-out hand the rest to the session's own writer, which
+    // finished the frame begun on the wire before the close frame (or the close would not
+    // parse).
+    assert!(
+        metric_value(
+            &server.metrics().await,
+            "oddsfeed_ws_fanout_flushes_total{path=\"writer\"}"
+        ) >= 1.0
+    );
     assert!(
         view.gaps.is_empty(),
         "the healthy client saw every message: {:?}",

@@ -655,12 +655,18 @@ mod tests {
             reason: "protocol error",
         });
         let clock = PongClock::new();
-        assert_eq!(run(server, &o, &clock, timing()).await, WriterEnd::CloseSent);
+        assert_eq!(
+            run(server, &o, &clock, timing()).await,
+            WriterEnd::CloseSent
+        );
         let mut bytes = Vec::new();
         client.read_to_end(&mut bytes).await.unwrap();
         let mut expected = pong_reply.to_vec();
         expected.extend_from_slice(WireFrame::close(1002, "protocol error").bytes());
-        assert_eq!(bytes, expected, "the pong, then the close frame, then nothing");
+        assert_eq!(
+            bytes, expected,
+            "the pong, then the close frame, then nothing"
+        );
     }
 
     #[tokio::test(start_paused = true)]

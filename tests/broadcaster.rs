@@ -706,3 +706,105 @@ async fn websocket_also_at_root_and_the_board_for_browsers() {
     assert_eq!(reqwest::get(server.url("/ws")).await.unwrap().status(), 426);
     db.drop_db().await;
 }
+
+/// Reads frames for `quiet` after the last one into `view`; returns the bytes of the `odds`
+/// messages read (as JSON text).
+async fn read_odds(client: &mut WsClient, view: &mut RoomView, quiet: Duration) -> usize {
+    let mut bytes = 0;
+    while let Some(msg) = client.next_json(quiet).await {
+        if msg["type"] == "odds" {
+            bytes += msg.to_string().len();
+        }
+        view.apply(&msg);
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_changes_format_carries_only_what_changed_and_converges() {
+    let db = TestDb::new().await;
+    seed(&db, 12).await;
+    let (env, channel) = serve_env(&db, &redis_url());
+    let server = Server::start(&["serve"], &env).await;
+    wait_published(&redis_url(), &channel).await;
+
+    // An unknown format is refused before the upgrade, with the reason.
+    let refused = reqwest::get(format!("http://{}/ws?format=compact", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body = refused.text().await.unwrap();
+    assert!(body.contains("format must be full or changes"), "{body}");
+
+    let (mut full, _) = WsClient::connect_welcomed(&ws_url(&server)).await;
+    let (mut changes, _) =
+        WsClient::connect_welcomed(&format!("{}?format=changes", ws_url(&server))).await;
+    // Both in sport:all, the changes client also in a sport room and an event room.
+    let mut full_view = join(&mut full, "sport:all").await;
+    let mut views = BTreeMap::new();
+    for room in ["sport:all", "sport:football", "event:f1"] {
+        views.insert(room.to_string(), join(&mut changes, room).await);
+    }
+
+    let changer = {
+        let pool = db.pool.clone();
+        tokio::spawn(async move {
+            let db = TestDb {
+                name: String::new(),
+                url: String::new(),
+                pool,
+            };
+            random_changes(&db, 80).await;
+        })
+    };
+    let (mut full_bytes, mut changes_bytes) = (0, 0);
+    let mut partial_upserts = 0;
+    let started = Instant::now();
+    while !changer.is_finished() || started.elapsed() < Duration::from_millis(500) {
+        full_bytes += read_odds(&mut full, &mut full_view, Duration::from_millis(5)).await;
+        while let Some(msg) = changes.next_json(Duration::from_millis(5)).await {
+            if msg["type"] == "odds" {
+                assert_eq!(msg["format"], "changes", "{msg}");
+                if msg["room"] == "sport:all" {
+                    changes_bytes += msg.to_string().len();
+                }
+                partial_upserts += msg["upserts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e.get("title").is_none())
+                    .count();
+            }
+            if let Some(view) = msg["room"].as_str().and_then(|r| views.get_mut(r)) {
+                view.apply(&msg);
+            }
+        }
+    }
+    changer.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    full_bytes += read_odds(&mut full, &mut full_view, Duration::from_millis(400)).await;
+    drain(&mut changes, &mut views, Duration::from_millis(400)).await;
+
+    let (meta, stored) = stored_state(&redis_url(), &channel).await;
+    assert_eq!(full_view.events, expected(&stored, "sport:all"));
+    assert_eq!(full_view.seq.to_string(), meta["seq"]);
+    for (room, view) in &views {
+        assert!(view.gaps.is_empty(), "{room}: {:?}", view.gaps);
+        assert_eq!(
+            view.events,
+            expected(&stored, room),
+            "{room}: merged changes equal the published state"
+        );
+    }
+    assert!(view_diffs(&views) > 20, "changes were streamed");
+    assert!(partial_upserts > 0, "price moves came without the unchanged fields");
+    assert!(
+        changes_bytes * 10 < full_bytes * 8,
+        "sport:all in the changes format: {changes_bytes} bytes against {full_bytes}"
+    );
+    db.drop_db().await;
+}
+
+fn view_diffs(views: &BTreeMap<String, RoomView>) -> usize {
+    views.values().map(|v| v.diffs).sum()
+}

@@ -36,6 +36,11 @@ export type PublisherStatus = "live" | "stale";
 export interface OddsFeedOptions {
   /** JWT for private rooms (sent as ?token=). */
   token?: string;
+  /**
+   * "changes": live odds messages carry only the changed fields of each event (the client
+   * merges them, so listeners still get whole events); "full" (the default): whole events.
+   */
+  format?: "full" | "changes";
   /** WebSocket implementation; defaults to globalThis.WebSocket. */
   WebSocket?: unknown;
   /** First reconnect delay ceiling in ms (default 250); doubles per attempt, full jitter. */

@@ -61,8 +61,10 @@ export class OddsFeedClient {
   connect() {
     if (this.socket || this.stopped) return this;
     this.setStatus(this.attempt === 0 ? "connecting" : "reconnecting");
-    const token = this.options.token ? `?token=${encodeURIComponent(this.options.token)}` : "";
-    const socket = new this.WebSocket(this.url + token);
+    const params = [];
+    if (this.options.token) params.push(`token=${encodeURIComponent(this.options.token)}`);
+    if (this.options.format === "changes") params.push("format=changes");
+    const socket = new this.WebSocket(this.url + (params.length ? `?${params.join("&")}` : ""));
     this.socket = socket;
     socket.onopen = () => {
       this.attempt = 0;
@@ -266,7 +268,12 @@ export class OddsFeedClient {
     }
     state.seq = msg.seq;
     for (const id of msg.removals) state.events.delete(id);
-    for (const event of msg.upserts) state.events.set(event.id, event);
+    // In the `changes` format an upsert carries only what changed (a new event comes whole):
+    // merged into what we have, it is the whole event again.
+    for (const event of msg.upserts) {
+      const before = msg.format === "changes" ? state.events.get(event.id) : undefined;
+      state.events.set(event.id, before ? { ...before, ...event } : event);
+    }
     this.recordLatency(msg.publishedAt);
     this.notify(msg.room, state);
   }

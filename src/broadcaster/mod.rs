@@ -15,12 +15,14 @@
 //! - [`writer`]: a session's write side: vectored writes of shared frames, pings, deadlines;
 //!   it takes over whatever the fan-out could not write at once.
 //! - [`frame`]: server frames encoded once, header included, shared by every member.
+//! - [`changes`]: the `changes` format of odds messages (only the fields that changed).
 //! - [`protocol`]: client and server messages.
 //! - [`room_name`]: odds room names parsed into a type (`sport:all`, `sport:<key>`, `event:<id>`).
 //! - [`auth`]: HS256 JWT verification.
 
 pub mod admission;
 pub mod auth;
+pub mod changes;
 pub mod fanout;
 pub mod frame;
 pub mod inbox;
@@ -68,6 +70,8 @@ pub struct BroadcasterState {
 #[derive(Debug, Deserialize)]
 struct WsQuery {
     token: Option<String>,
+    /// `full` (the default) or `changes`: how upserts of `odds` messages are sent.
+    format: Option<String>,
 }
 
 /// The live odds board and the client it is built on, compiled into the binary.
@@ -110,6 +114,17 @@ async fn upgrade(
     uri: axum::http::Uri,
     ws: Result<upgrade::WsRequest, upgrade::NotWebSocket>,
 ) -> Response {
+    let changes = match query.format.as_deref() {
+        None | Some("full") => false,
+        Some("changes") => true,
+        Some(other) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("format must be full or changes, not {other:?}"),
+            );
+        }
+    };
     let ws = match ws {
         Ok(ws) => ws,
         // A plain GET of / is a browser: the odds board.
@@ -149,7 +164,8 @@ async fn upgrade(
         match upgraded.await {
             Ok((stream, leftover)) => {
                 tracing::debug!(client = %client_id, ip = %client.ip, peer = %client.peer, "connected");
-                session::run(stream, leftover, sessions, id, client_id, query.token).await;
+                session::run(stream, leftover, sessions, id, client_id, query.token, changes)
+                    .await;
             }
             Err(e) => tracing::debug!(client = %client_id, error = %e, "upgrade did not complete"),
         }

@@ -191,6 +191,20 @@ pub enum ServerMessage<'a> {
         upserts: Vec<&'a Event>,
         removals: Vec<&'a str>,
     },
+    /// An `odds` message in the `changes` format (`format: "changes"`): each upsert is the
+    /// event's id, version and changed fields ([`super::changes`]).
+    #[serde(rename = "odds", rename_all = "camelCase")]
+    OddsChanges {
+        room: &'a str,
+        epoch: &'a str,
+        seq: u64,
+        published_at: i64,
+        #[serde(skip_serializing_if = "is_zero")]
+        published_at_us: i64,
+        format: &'static str,
+        upserts: Vec<&'a Value>,
+        removals: Vec<&'a str>,
+    },
     Message {
         room: &'a str,
         channel: &'a str,

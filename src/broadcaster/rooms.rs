@@ -68,6 +68,8 @@ impl RoomKind {
 pub struct SessionHandle {
     pub id: ClientId,
     pub outbox: Arc<Outbox>,
+    /// Live `odds` messages in the `changes` format ([`super::changes`]).
+    pub changes: bool,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -100,6 +102,8 @@ struct Room {
     /// version).
     seq: u64,
     members: HashMap<ClientId, SessionHandle>,
+    /// Members that take the `changes` format: while there are none, it is not encoded.
+    changes_members: usize,
     /// Odds rooms: the last messages, for resume.
     replay: VecDeque<Buffered>,
     replay_bytes: usize,
@@ -114,6 +118,7 @@ impl Room {
             odds,
             seq: 0,
             members: HashMap::new(),
+            changes_members: 0,
             replay: VecDeque::new(),
             replay_bytes: 0,
             snapshot: None,
@@ -232,8 +237,16 @@ impl Inner {
         }
     }
 
-    /// Delivers a frame to every member of a room, buffering it for resume when `seq` is set.
-    fn deliver(&mut self, room: &str, frame: Outbound, seq: Option<u64>, limits: &HubLimits) {
+    /// Delivers a frame to every member of a room (`changes`, when given, to the members that
+    /// take that format), buffering the full frame for resume when `seq` is set.
+    fn deliver(
+        &mut self,
+        room: &str,
+        frame: Outbound,
+        changes: Option<Outbound>,
+        seq: Option<u64>,
+        limits: &HubLimits,
+    ) {
         let Some(r) = self.rooms.get_mut(room) else {
             return;
         };
@@ -252,15 +265,20 @@ impl Inner {
                 }
             }
         }
-        let mut sent = 0u64;
+        let (mut sent, mut bytes) = (0u64, 0u64);
         for member in r.members.values() {
-            if member.outbox.push_fanout(frame.clone(), &mut self.due) {
+            let f = match &changes {
+                Some(c) if member.changes => c,
+                _ => &frame,
+            };
+            if member.outbox.push_fanout(f.clone(), &mut self.due) {
                 sent += 1;
+                bytes += f.frame.len() as u64;
             }
         }
         if sent > 0 {
             counter!(m::WS_MESSAGES_SENT, "kind" => frame.kind.label()).increment(sent);
-            counter!(m::WS_BYTES_SENT).increment(sent * frame.frame.len() as u64);
+            counter!(m::WS_BYTES_SENT).increment(bytes);
         }
     }
 
@@ -443,12 +461,13 @@ impl Hub {
             }
         }
         let room_kind = kind.unwrap_or(RoomKind::Bridged);
-        inner
+        let entry = inner
             .rooms
             .entry(room.to_string())
-            .or_insert_with(|| Room::new(room_kind, odds.cloned()))
-            .members
-            .insert(session.id, session.clone());
+            .or_insert_with(|| Room::new(room_kind, odds.cloned()));
+        if entry.members.insert(session.id, session.clone()).is_none() && session.changes {
+            entry.changes_members += 1;
+        }
         inner
             .sessions
             .entry(session.id)
@@ -512,7 +531,7 @@ impl Hub {
             }
             if has_members {
                 let frame = inner.snapshot_frame(&odds, &name);
-                inner.deliver(&name, frame, None, &self.limits);
+                inner.deliver(&name, frame, None, None, &self.limits);
             }
         }
         self.unlock_and_flush(inner);
@@ -545,38 +564,26 @@ impl Hub {
         }
         let published_at = Some(msg.published_at);
         let epoch = msg.epoch.as_str();
-        let frame =
-            |room: &str, seq: u64, upserts: Vec<&Event>, removals: Vec<&str>, kind: RoomKind| {
-                Outbound {
-                    frame: WireFrame::json(&ServerMessage::Odds {
-                        room,
-                        epoch,
-                        seq,
-                        published_at: msg.published_at,
-                        published_at_us: msg.published_at_us,
-                        upserts,
-                        removals,
-                    }),
-                    published_at,
-                    kind,
-                }
-            };
 
+        // What each room gets: (room, its name, seq, upserts, removals, kind).
+        type Planned<'m> = (
+            OddsRoom,
+            String,
+            u64,
+            Vec<&'m Event>,
+            Vec<&'m str>,
+            RoomKind,
+        );
+        let mut planned: Vec<Planned<'_>> = Vec::new();
         // sport:all: every change; an event that moved sport is only upserted.
-        let all_upserts: Vec<&Event> = msg.sports.values().flat_map(|b| &b.upserts).collect();
         let all_removals = net_removals(&msg.sports);
-        let mut frames: Vec<(OddsRoom, String, Outbound, u64)> = Vec::new();
-        frames.push((
+        planned.push((
             OddsRoom::All,
             "sport:all".into(),
-            frame(
-                "sport:all",
-                msg.seq,
-                all_upserts,
-                all_removals.clone(),
-                RoomKind::All,
-            ),
             msg.seq,
+            msg.sports.values().flat_map(|b| &b.upserts).collect(),
+            all_removals.clone(),
+            RoomKind::All,
         ));
         for (sport, block) in &msg.sports {
             // The publisher never uses the reserved key; a foreign writer's block for it must
@@ -586,18 +593,28 @@ impl Hub {
                 continue;
             };
             let room = odds.name();
-            let upserts = block.upserts.iter().collect();
-            let removals = block.removals.iter().map(String::as_str).collect();
-            let f = frame(&room, block.seq, upserts, removals, RoomKind::Sport);
-            frames.push((odds, room, f, block.seq));
+            planned.push((
+                odds,
+                room,
+                block.seq,
+                block.upserts.iter().collect(),
+                block.removals.iter().map(String::as_str).collect(),
+                RoomKind::Sport,
+            ));
         }
         // event:<id> rooms exist only while someone is in them (so the room is never created
         // here, and nothing is allocated for an event nobody follows beyond its name).
         for event in msg.sports.values().flat_map(|b| &b.upserts) {
             let room = format!("event:{}", event.id);
             if let Some(odds) = inner.rooms.get(&room).and_then(|r| r.odds.clone()) {
-                let f = frame(&room, event.version, vec![event], vec![], RoomKind::Event);
-                frames.push((odds, room, f, event.version));
+                planned.push((
+                    odds,
+                    room,
+                    event.version,
+                    vec![event],
+                    vec![],
+                    RoomKind::Event,
+                ));
             }
         }
         for id in &all_removals {
@@ -612,10 +629,58 @@ impl Hub {
                     .values()
                     .find_map(|b| b.removal_versions.get(*id).copied())
                     .unwrap_or(r.seq + 1);
-                let f = frame(&room, seq, vec![], vec![id], RoomKind::Event);
-                frames.push((odds, room, f, seq));
+                planned.push((odds, room, seq, vec![], vec![id], RoomKind::Event));
             }
         }
+
+        // The `changes` form of each upsert, against the book before this message; only
+        // while some room that gets it has a member that takes it.
+        let wants_changes =
+            |room: &str| inner.rooms.get(room).is_some_and(|r| r.changes_members > 0);
+        let mut changed: HashMap<&str, Value> = HashMap::new();
+        if planned.iter().any(|p| wants_changes(&p.1)) {
+            let book = inner.book.as_ref();
+            for event in msg.sports.values().flat_map(|b| &b.upserts) {
+                let old = book.and_then(|b| b.get(&event.id));
+                changed.insert(event.id.as_str(), super::changes::upsert(old, event));
+            }
+        }
+        let mut frames: Vec<(OddsRoom, String, Outbound, Option<Outbound>, u64)> =
+            Vec::with_capacity(planned.len());
+        for (odds, room, seq, upserts, removals, kind) in planned {
+            let changes = wants_changes(&room).then(|| Outbound {
+                frame: WireFrame::json(&ServerMessage::OddsChanges {
+                    room: &room,
+                    epoch,
+                    seq,
+                    published_at: msg.published_at,
+                    published_at_us: msg.published_at_us,
+                    format: "changes",
+                    upserts: upserts
+                        .iter()
+                        .filter_map(|e| changed.get(e.id.as_str()))
+                        .collect(),
+                    removals: removals.clone(),
+                }),
+                published_at,
+                kind,
+            });
+            let full = Outbound {
+                frame: WireFrame::json(&ServerMessage::Odds {
+                    room: &room,
+                    epoch,
+                    seq,
+                    published_at: msg.published_at,
+                    published_at_us: msg.published_at_us,
+                    upserts,
+                    removals,
+                }),
+                published_at,
+                kind,
+            };
+            frames.push((odds, room, full, changes, seq));
+        }
+        drop(changed);
 
         if let Some(book) = inner.book.as_mut() {
             book.apply(Delta {
@@ -623,13 +688,13 @@ impl Hub {
                 sports: msg.sports,
             });
         }
-        for (odds, room, f, seq) in frames {
-            let kind = f.kind;
+        for (odds, room, full, changes, seq) in frames {
+            let kind = full.kind;
             inner
                 .rooms
                 .entry(room.clone())
                 .or_insert_with(|| Room::new(kind, Some(odds)));
-            inner.deliver(&room, f, Some(seq), &self.limits);
+            inner.deliver(&room, full, changes, Some(seq), &self.limits);
         }
         self.unlock_and_flush(inner);
         Applied::Yes
@@ -650,7 +715,7 @@ impl Hub {
             published_at: None,
             kind: RoomKind::Bridged,
         };
-        inner.deliver(room, frame, None, &self.limits);
+        inner.deliver(room, frame, None, None, &self.limits);
         self.unlock_and_flush(inner);
     }
 
@@ -673,7 +738,7 @@ impl Hub {
                 room: &room,
                 publisher,
             }));
-            inner.deliver(&room, frame, None, &self.limits);
+            inner.deliver(&room, frame, None, None, &self.limits);
         }
         self.unlock_and_flush(inner);
     }
@@ -706,7 +771,9 @@ fn leave(inner: &mut Inner, room: &str, id: ClientId) {
     let Some(r) = inner.rooms.get_mut(room) else {
         return;
     };
-    r.members.remove(&id);
+    if r.members.remove(&id).is_some_and(|m| m.changes) {
+        r.changes_members -= 1;
+    }
     // Rooms of real sports stay (their replay buffer serves resumes); every other room goes
     // when its last member leaves, so rooms clients name cost nothing once empty.
     let remove = r.members.is_empty()

@@ -302,12 +302,14 @@ pub async fn run(
     id: ClientId,
     client_id: String,
     token: Option<String>,
+    changes: bool,
 ) {
     let limits = ctx.limits;
     let outbox = Arc::new(Outbox::new(limits.send));
     let handle = SessionHandle {
         id,
         outbox: outbox.clone(),
+        changes,
     };
     let pong = PongClock::new();
     // Leaves every room when dropped, whatever ends this function.
@@ -897,7 +899,7 @@ mod tests {
             let mut session = Session {
                 rate: RateLimit::new(ctx.limits.messages_per_minute),
                 ctx: ctx.clone(),
-                handle: SessionHandle { id: 7, outbox: outbox.clone() },
+                handle: SessionHandle { id: 7, outbox: outbox.clone(), changes: false },
                 identity: None,
                 last_rate_error: None,
                 last_latency: None,

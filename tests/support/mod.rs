@@ -608,8 +608,18 @@ impl RoomView {
                     self.events.remove(id.as_str().unwrap_or_default());
                 }
                 for e in msg["upserts"].as_array().into_iter().flatten() {
-                    self.events
-                        .insert(e["id"].as_str().unwrap_or_default().to_string(), e.clone());
+                    let id = e["id"].as_str().unwrap_or_default().to_string();
+                    // The `changes` format: merged by field into what the view has.
+                    match self.events.get_mut(&id) {
+                        Some(Value::Object(have)) if msg["format"] == "changes" => {
+                            for (k, v) in e.as_object().into_iter().flatten() {
+                                have.insert(k.clone(), v.clone());
+                            }
+                        }
+                        _ => {
+                            self.events.insert(id, e.clone());
+                        }
+                    }
                 }
                 self.diffs += 1;
             }

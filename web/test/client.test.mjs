@@ -108,3 +108,30 @@ test("server errors reach the error listener and malformed rooms stay empty", as
   assert.deepEqual(feed.events("sport:Curling"), []);
   feed.close();
 });
+
+test("the changes format merges into the same whole events as the full format", async () => {
+  const full = client();
+  const changes = client({ format: "changes" });
+  full.subscribe("sport:all");
+  changes.subscribe("sport:all");
+  await until(
+    "both snapshots",
+    () => full.position("sport:all")?.snapshots === 1 && changes.position("sport:all")?.snapshots === 1,
+  );
+  const target = Math.max(full.position("sport:all").seq, changes.position("sport:all").seq) + 5;
+  // Compared at an instant when both have applied the same message (one JavaScript turn).
+  await until(
+    "both at the same seq past the target",
+    () => {
+      const a = full.position("sport:all");
+      const b = changes.position("sport:all");
+      if (a.seq < target || a.seq !== b.seq) return false;
+      assert.deepEqual(changes.events("sport:all"), full.events("sport:all"));
+      return true;
+    },
+    20000,
+  );
+  assert.equal(changes.position("sport:all").gaps, 0);
+  full.close();
+  changes.close();
+});

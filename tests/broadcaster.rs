@@ -797,7 +797,10 @@ async fn the_changes_format_carries_only_what_changed_and_converges() {
         );
     }
     assert!(view_diffs(&views) > 20, "changes were streamed");
-    assert!(partial_upserts > 0, "price moves came without the unchanged fields");
+    assert!(
+        partial_upserts > 0,
+        "price moves came without the unchanged fields"
+    );
     assert!(
         changes_bytes * 10 < full_bytes * 8,
         "sport:all in the changes format: {changes_bytes} bytes against {full_bytes}"

@@ -2,7 +2,9 @@
 //!
 //! A session is one task running two halves side by side: the read side (this file: limits,
 //! client messages, replies) over tungstenite, and the write side ([`super::writer`]) over the
-//! raw socket. What it holds is released by guards, so it is released however the session
+//! raw socket. Room frames for a client that keeps up do not pass through this task at all:
+//! the fan-out threads write them into the shared socket ([`super::fanout`]); the writer
+//! sends replies, control frames, and whatever the fan-out could not write at once. What it holds is released by guards, so it is released however the session
 //! ends, a panic included: the connection's place in the caps (the admission guard held by
 //! the caller), its rooms (the hub's [`Membership`](super::rooms::Membership)), and the socket itself.
 //!

@@ -1,5 +1,8 @@
 //! A session's write side: everything pending goes out in vectored writes, pings go out on
-//! schedule, and every wait has a deadline.
+//! schedule, and every wait has a deadline. It writes what the fan-out threads leave to it
+//! (replies, control frames, a wss session's frames, the rest of a frame the fan-out began,
+//! anything queued while the socket was full): while it has frames in hand, the fan-out
+//! does not touch the socket ([`super::outbox`]).
 //!
 //! - **Batching**: each wake-up takes whatever is queued (up to [`BATCH_FRAMES`] frames /
 //!   [`BATCH_BYTES`]) and writes it with `write_vectored`, straight from the shared frames:

@@ -42,6 +42,7 @@ pub const WS_WRITE_TIMEOUTS: &str = "oddsfeed_ws_write_timeouts_total";
 pub const WS_CLOSE_TIMEOUTS: &str = "oddsfeed_ws_close_timeouts_total";
 pub const WS_RESUMES: &str = "oddsfeed_ws_resumes_total";
 pub const FANOUT_FLUSHES: &str = "oddsfeed_ws_fanout_flushes_total";
+pub const FANOUT_BATCH: &str = "oddsfeed_ws_fanout_batch_seconds";
 pub const RELAY_LATENCY: &str = "oddsfeed_relay_receive_latency_seconds";
 pub const DELIVERY_LATENCY: &str = "oddsfeed_delivery_latency_seconds";
 pub const BROWSER_LATENCY: &str = "oddsfeed_browser_latency_seconds";
@@ -236,6 +237,7 @@ pub fn register_broadcaster_metrics() {
         let _ = metrics::histogram!(DELIVERY_LATENCY, "room" => room);
     }
     let _ = metrics::histogram!(RELAY_LATENCY);
+    let _ = metrics::histogram!(FANOUT_BATCH);
     let _ = metrics::histogram!(BROWSER_LATENCY);
 }
 
@@ -427,6 +429,11 @@ fn describe() {
         DELIVERY_LATENCY,
         Unit::Seconds,
         "publishedAt to the frame written to the socket, by room kind."
+    );
+    describe_histogram!(
+        FANOUT_BATCH,
+        Unit::Seconds,
+        "Time a fan-out thread spent writing one batch of sessions (a tick's share of one thread): near the tick interval means the fan-out is saturated."
     );
     describe_histogram!(
         RELAY_LATENCY,

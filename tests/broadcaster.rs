@@ -220,6 +220,7 @@ async fn clients_converge_to_the_published_state_with_contiguous_seqs() {
             "oddsfeed_ws_fanout_flushes_total{path=\"direct\"}"
         ) > 0.0
     );
+    assert!(metric_value(&metrics, "oddsfeed_ws_fanout_batch_seconds_count") > 0.0);
     assert_eq!(metric_value(&metrics, "oddsfeed_ws_connections "), 6.0);
     let (_, health) = server.get_json("/health").await;
     assert_eq!(health["connections"], 6);

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread;
 
-use metrics::counter;
+use metrics::{counter, histogram};
 
 use super::outbox::{Closing, Flushed, LatencyTally, Outbox};
 use crate::telemetry as m;
@@ -89,6 +89,7 @@ fn run(batches: Receiver<Vec<Arc<Outbox>>>) {
 
 /// Flushes every outbox of a batch and counts, once per batch, how each went.
 fn flush_all(batch: &[Arc<Outbox>]) {
+    let started = std::time::Instant::now();
     let (mut direct, mut writer) = (0u64, 0u64);
     let mut latency = LatencyTally::default();
     for outbox in batch {
@@ -104,6 +105,7 @@ fn flush_all(batch: &[Arc<Outbox>]) {
         }
     }
     latency.record();
+    histogram!(m::FANOUT_BATCH).record(started.elapsed().as_secs_f64());
     counter!(m::FANOUT_FLUSHES, "path" => "direct").increment(direct);
     counter!(m::FANOUT_FLUSHES, "path" => "writer").increment(writer);
 }

@@ -182,6 +182,7 @@ fn broadcaster(
     };
     supervisor.spawn("relay", true, move |cancel| relay.clone().run(cancel));
     let sessions = Arc::new(SessionContext {
+        deflate: config.ws_deflate,
         hub: hub.clone(),
         verifier: Verifier::new(config.jwt_secret.as_deref(), config.jwt_max_lifetime_secs),
         limits: SessionLimits {

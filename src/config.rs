@@ -336,6 +336,11 @@ pub struct Config {
     #[arg(long, env = "REPLAY_BUFFER_BYTES", default_value_t = 4 * 1024 * 1024, global = true)]
     pub replay_buffer_bytes: usize,
 
+    /// Accept permessage-deflate when a client offers it (browsers do): room frames and
+    /// snapshots are compressed once per room.
+    #[arg(long, env = "WS_DEFLATE", action = ArgAction::Set, default_value_t = true, global = true)]
+    pub ws_deflate: bool,
+
     /// Threads that write room frames into the clients' sockets; 0 means one per core.
     #[arg(long, env = "FANOUT_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256), global = true)]
     pub fanout_threads: u16,

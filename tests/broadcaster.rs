@@ -47,6 +47,15 @@ fn serve_env(db: &TestDb, redis: &str) -> (Vec<(&'static str, String)>, String) 
     (env, channel)
 }
 
+/// `serve` on `per_sport` events of each sport, once its first message is published.
+async fn serve_seeded(db: &TestDb, per_sport: usize) -> (Server, String) {
+    seed(db, per_sport).await;
+    let (env, channel) = serve_env(db, &redis_url());
+    let server = Server::start(&["serve"], &env).await;
+    wait_published(&redis_url(), &channel).await;
+    (server, channel)
+}
+
 fn ws_url(server: &Server) -> String {
     format!("ws://{}/ws", server.addr)
 }
@@ -676,10 +685,7 @@ async fn two_broadcasters_tell_the_same_story() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_also_at_root_and_the_board_for_browsers() {
     let db = TestDb::new().await;
-    seed(&db, 2).await;
-    let (env, channel) = serve_env(&db, &redis_url());
-    let server = Server::start(&["serve"], &env).await;
-    wait_published(&redis_url(), &channel).await;
+    let (server, _) = serve_seeded(&db, 2).await;
 
     // CONTRACT §6: the endpoint is also accepted at /.
     let (mut c, _) = WsClient::connect_welcomed(&format!("ws://{}/", server.addr)).await;
@@ -724,10 +730,7 @@ async fn read_odds(client: &mut WsClient, view: &mut RoomView, quiet: Duration) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_changes_format_carries_only_what_changed_and_converges() {
     let db = TestDb::new().await;
-    seed(&db, 12).await;
-    let (env, channel) = serve_env(&db, &redis_url());
-    let server = Server::start(&["serve"], &env).await;
-    wait_published(&redis_url(), &channel).await;
+    let (server, channel) = serve_seeded(&db, 12).await;
 
     // An unknown format is refused before the upgrade, with the reason.
     let refused = reqwest::get(format!("http://{}/ws?format=compact", server.addr))
@@ -811,4 +814,62 @@ async fn the_changes_format_carries_only_what_changed_and_converges() {
 
 fn view_diffs(views: &BTreeMap<String, RoomView>) -> usize {
     views.values().map(|v| v.diffs).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permessage_deflate_compresses_room_frames_and_inflates_client_messages() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new().await;
+    let (server, _) = serve_seeded(&db, 12).await;
+
+    // A client that offers nothing gets no extension and plain frames.
+    let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (_, head) = raw_handshake_head(tcp, &server.addr, "/ws", &[]).await;
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{head}"
+    );
+
+    let offer = [(
+        "Sec-WebSocket-Extensions",
+        "permessage-deflate; client_max_window_bits",
+    )];
+    let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let (mut tcp, head) = raw_handshake_head(tcp, &server.addr, "/ws", &offer).await;
+    assert!(
+        head.to_ascii_lowercase().contains(
+            "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        ),
+        "{head}"
+    );
+    // A compressed subscribe (RSV1), then a plain one: both are understood.
+    let subscribe = json!({"type": "subscribe", "room": "sport:all", "id": 1}).to_string();
+    let compressed = oddsfeed::broadcaster::deflate::compress(subscribe.as_bytes());
+    tcp.write_all(&client_frame(0x80 | 0x40 | 0x1, &compressed, true))
+        .await
+        .unwrap();
+    let rooms = json!({"type": "rooms", "id": 2}).to_string();
+    tcp.write_all(&client_frame(0x81, rooms.as_bytes(), true))
+        .await
+        .unwrap();
+    random_changes(&db, 10).await;
+    let read = read_raw(&mut tcp, Duration::from_secs(2)).await;
+    let messages: Vec<Value> = read
+        .texts
+        .iter()
+        .map(|t| serde_json::from_str(t).expect("every frame is JSON once inflated"))
+        .collect();
+    let of_type = |t: &str| messages.iter().filter(|m| m["type"] == t).count();
+    assert_eq!(of_type("subscribed"), 1, "{messages:?}");
+    assert_eq!(of_type("rooms"), 1);
+    assert_eq!(of_type("snapshot"), 1);
+    assert!(of_type("odds") >= 1, "live messages arrived");
+    let snapshot = messages.iter().find(|m| m["type"] == "snapshot").unwrap();
+    assert_eq!(snapshot["events"].as_array().unwrap().len(), 36);
+    // The snapshot and every odds frame came compressed; replies came plain.
+    assert_eq!(read.compressed, 1 + of_type("odds"), "{messages:?}");
+    assert_eq!(read.close, None);
+    db.drop_db().await;
 }

@@ -34,7 +34,7 @@ async fn javascript_client_against_a_real_server() {
     run_node_tests(
         "test/client.test.mjs",
         &[("ODDSFEED_WS_URL", format!("ws://{}/ws", server.addr))],
-        5,
+        6,
     )
     .await;
     changes.abort();

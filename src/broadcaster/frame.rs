@@ -66,12 +66,28 @@ impl WireFrame {
         Self::finish(buf, opcode)
     }
 
+    /// This frame's message compressed on its own (permessage-deflate: RSV1 set), for the
+    /// members that negotiated the extension; a control frame stays as it is.
+    pub fn deflated(&self) -> Self {
+        let opcode = OpCode::from(self.0.first().copied().unwrap_or(0) & 0x0f);
+        if !matches!(opcode, OpCode::Data(Data::Text | Data::Binary)) {
+            return self.clone();
+        }
+        let mut buf = vec![0u8; HEADROOM];
+        buf.extend_from_slice(&super::deflate::compress(self.payload()));
+        Self::finish_with(buf, opcode, true)
+    }
+
     /// Writes the header right in front of the payload that starts at `HEADROOM`.
-    fn finish(mut buf: Vec<u8>, opcode: OpCode) -> Self {
+    fn finish(buf: Vec<u8>, opcode: OpCode) -> Self {
+        Self::finish_with(buf, opcode, false)
+    }
+
+    fn finish_with(mut buf: Vec<u8>, opcode: OpCode, rsv1: bool) -> Self {
         let len = (buf.len() - HEADROOM) as u64;
         let header = FrameHeader {
             is_final: true,
-            rsv1: false,
+            rsv1,
             rsv2: false,
             rsv3: false,
             opcode,
@@ -147,6 +163,28 @@ mod tests {
             assert_eq!(payload, text.as_bytes(), "length {len}");
             assert_eq!(frame.payload(), text.as_bytes());
         }
+    }
+
+    #[test]
+    fn a_deflated_frame_has_rsv1_and_inflates_to_the_payload() {
+        let frame = WireFrame::text(&"{\"seq\":1}".repeat(300));
+        let z = frame.deflated();
+        let (header, payload) = parse(&z);
+        assert!(header.rsv1 && header.is_final);
+        assert_eq!(header.opcode, OpCode::Data(Data::Text));
+        assert!(payload.len() * 5 < frame.payload().len());
+        let mut input = payload;
+        input.extend_from_slice(&crate::broadcaster::deflate::TAIL);
+        let mut out = Vec::with_capacity(frame.payload().len() + 64);
+        flate2::Decompress::new(false)
+            .decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+            .unwrap();
+        assert_eq!(out, frame.payload());
+        assert_eq!(
+            WireFrame::ping().deflated(),
+            WireFrame::ping(),
+            "control frames stay"
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //!   it takes over whatever the fan-out could not write at once.
 //! - [`frame`]: server frames encoded once, header included, shared by every member.
 //! - [`changes`]: the `changes` format of odds messages (only the fields that changed).
+//! - [`deflate`]: permessage-deflate: the negotiation, and room frames compressed once.
+//! - [`inflate`]: compressed client messages inflated before tungstenite reads them.
 //! - [`protocol`]: client and server messages.
 //! - [`room_name`]: odds room names parsed into a type (`sport:all`, `sport:<key>`, `event:<id>`).
 //! - [`auth`]: HS256 JWT verification.
@@ -23,9 +25,11 @@
 pub mod admission;
 pub mod auth;
 pub mod changes;
+pub mod deflate;
 pub mod fanout;
 pub mod frame;
 pub mod inbox;
+pub mod inflate;
 pub mod outbox;
 pub mod protocol;
 pub mod relay;
@@ -157,14 +161,23 @@ async fn upgrade(
     let id = state.next_id.fetch_add(1, Ordering::Relaxed);
     let client_id = format!("{}-{id}", state.node);
     let sessions = state.sessions.clone();
-    let (response, upgraded) = ws.accept(sessions.limits.close_timeout);
+    let extensions = if sessions.deflate {
+        deflate::negotiate(&headers)
+    } else {
+        None
+    };
+    let format = rooms::WireFormat {
+        changes,
+        deflate: extensions.is_some(),
+    };
+    let (response, upgraded) = ws.accept(sessions.limits.close_timeout, extensions);
     state.tracker.spawn(async move {
         // Held for the session's life: dropped (the place given back) however it ends.
         let _guard = guard;
         match upgraded.await {
             Ok((stream, leftover)) => {
                 tracing::debug!(client = %client_id, ip = %client.ip, peer = %client.peer, "connected");
-                session::run(stream, leftover, sessions, id, client_id, query.token, changes)
+                session::run(stream, leftover, sessions, id, client_id, query.token, format)
                     .await;
             }
             Err(e) => tracing::debug!(client = %client_id, error = %e, "upgrade did not complete"),

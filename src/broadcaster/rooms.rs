@@ -68,8 +68,17 @@ impl RoomKind {
 pub struct SessionHandle {
     pub id: ClientId,
     pub outbox: Arc<Outbox>,
+    /// How this client takes room frames.
+    pub format: WireFormat,
+}
+
+/// How a client takes room frames: negotiated at the upgrade.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WireFormat {
     /// Live `odds` messages in the `changes` format ([`super::changes`]).
     pub changes: bool,
+    /// permessage-deflate ([`super::deflate`]): room frames and snapshots compressed.
+    pub deflate: bool,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -109,6 +118,8 @@ struct Room {
     replay_bytes: usize,
     /// Odds rooms: the serialised snapshot at (epoch, seq), shared by everyone joining at once.
     snapshot: Option<(u64, WireFrame)>,
+    /// The same snapshot compressed, for members with permessage-deflate.
+    snapshot_deflated: Option<(u64, WireFrame)>,
 }
 
 impl Room {
@@ -122,6 +133,7 @@ impl Room {
             replay: VecDeque::new(),
             replay_bytes: 0,
             snapshot: None,
+            snapshot_deflated: None,
         }
     }
 }
@@ -196,6 +208,24 @@ impl Inner {
         }
     }
 
+    /// The compressed form of a room's snapshot `plain` (just taken from `snapshot_frame`),
+    /// compressed once per room and seq.
+    fn deflated_snapshot(&mut self, name: &str, plain: &WireFrame) -> WireFrame {
+        let Some(r) = self.rooms.get_mut(name) else {
+            return plain.deflated();
+        };
+        let seq = r.snapshot.as_ref().map(|(seq, _)| *seq);
+        match (&r.snapshot_deflated, seq) {
+            (Some((cached, frame)), Some(seq)) if *cached == seq => frame.clone(),
+            (_, Some(seq)) => {
+                let frame = plain.deflated();
+                r.snapshot_deflated = Some((seq, frame.clone()));
+                frame
+            }
+            (_, None) => plain.deflated(),
+        }
+    }
+
     fn snapshot_frame(&mut self, room: &OddsRoom, name: &str) -> Outbound {
         let seq = self.odds_room_seq(room);
         let kind = RoomKind::of(room);
@@ -253,6 +283,7 @@ impl Inner {
         if let Some(seq) = seq {
             r.seq = seq;
             r.snapshot = None;
+            r.snapshot_deflated = None;
             r.replay_bytes += frame.frame.len();
             r.replay.push_back(Buffered {
                 seq,
@@ -266,10 +297,20 @@ impl Inner {
             }
         }
         let (mut sent, mut bytes) = (0u64, 0u64);
+        // Compressed once per room, when the first member that negotiated deflate needs it.
+        let (mut frame_z, mut changes_z): (Option<Outbound>, Option<Outbound>) = (None, None);
         for member in r.members.values() {
-            let f = match &changes {
-                Some(c) if member.changes => c,
-                _ => &frame,
+            let (plain, compressed) = match &changes {
+                Some(c) if member.format.changes => (c, &mut changes_z),
+                _ => (&frame, &mut frame_z),
+            };
+            let f = if member.format.deflate {
+                compressed.get_or_insert_with(|| Outbound {
+                    frame: plain.frame.deflated(),
+                    ..plain.clone()
+                })
+            } else {
+                plain
             };
             if member.outbox.push_fanout(f.clone(), &mut self.due) {
                 sent += 1;
@@ -449,7 +490,10 @@ impl Hub {
                     if resume.is_some() {
                         counter!(m::WS_RESUMES, "result" => "snapshot").increment(1);
                     }
-                    let frame = inner.snapshot_frame(odds, room);
+                    let mut frame = inner.snapshot_frame(odds, room);
+                    if session.format.deflate {
+                        frame.frame = inner.deflated_snapshot(room, &frame.frame);
+                    }
                     session.send(frame);
                 }
             }
@@ -465,7 +509,7 @@ impl Hub {
             .rooms
             .entry(room.to_string())
             .or_insert_with(|| Room::new(room_kind, odds.cloned()));
-        if entry.members.insert(session.id, session.clone()).is_none() && session.changes {
+        if entry.members.insert(session.id, session.clone()).is_none() && session.format.changes {
             entry.changes_members += 1;
         }
         inner
@@ -527,6 +571,7 @@ impl Hub {
                 r.replay.clear();
                 r.replay_bytes = 0;
                 r.snapshot = None;
+                r.snapshot_deflated = None;
                 r.seq = seq;
             }
             if has_members {
@@ -771,7 +816,7 @@ fn leave(inner: &mut Inner, room: &str, id: ClientId) {
     let Some(r) = inner.rooms.get_mut(room) else {
         return;
     };
-    if r.members.remove(&id).is_some_and(|m| m.changes) {
+    if r.members.remove(&id).is_some_and(|m| m.format.changes) {
         r.changes_members -= 1;
     }
     // Rooms of real sports stay (their replay buffer serves resumes); every other room goes

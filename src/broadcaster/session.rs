@@ -33,10 +33,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Identity, Verifier};
 use super::frame::WireFrame;
+use super::inflate::InflateRead;
 use super::outbox::{Closing, Outbound, Outbox, OutboxLimits};
 use super::protocol::{ErrorCode, Rejection, Request, RequestKind, ServerMessage, parse_request};
 use super::room_name::OddsRoom;
-use super::rooms::{ClientId, Hub, SessionHandle};
+use super::rooms::{ClientId, Hub, SessionHandle, WireFormat};
 use super::writer::{self, PongClock, WriterEnd, WriterTiming};
 use crate::bus::now_ms;
 use crate::net::listener::Stream;
@@ -98,6 +99,8 @@ pub struct SessionContext {
     pub bridged_prefixes: Vec<String>,
     /// Cancelled on shutdown: every session closes with 1001.
     pub shutdown: CancellationToken,
+    /// `WS_DEFLATE`: permessage-deflate is accepted when a client offers it.
+    pub deflate: bool,
     /// `FAULT_INJECTION`: a session armed with `POST /debug/panic/session` panics on its next
     /// client message (to prove that nothing of it outlives a panic).
     pub faults: Faults,
@@ -304,14 +307,14 @@ pub async fn run(
     id: ClientId,
     client_id: String,
     token: Option<String>,
-    changes: bool,
+    format: WireFormat,
 ) {
     let limits = ctx.limits;
     let outbox = Arc::new(Outbox::new(limits.send));
     let handle = SessionHandle {
         id,
         outbox: outbox.clone(),
-        changes,
+        format,
     };
     let pong = PongClock::new();
     // Leaves every room when dropped, whatever ends this function.
@@ -321,6 +324,14 @@ pub async fn run(
     let (read, write) = split(stream, &outbox);
     // The fan-out lets go of the socket when the session ends, whatever ends it.
     let _detach = Detach(&outbox);
+    // With permessage-deflate, compressed client messages are inflated before tungstenite
+    // sees them (the bytes behind the handshake included).
+    let (read, leftover): (ReadHalf, Bytes) = if format.deflate {
+        let inflating = InflateRead::new(read, &leftover, limits.hard_frame_limit);
+        (Box::new(inflating), Bytes::new())
+    } else {
+        (read, leftover)
+    };
     let config = WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
@@ -751,6 +762,7 @@ mod tests {
             bridged_prefixes: vec!["chat".into()],
             shutdown: CancellationToken::new(),
             faults: Faults::new(false),
+            deflate: true,
         }
     }
 
@@ -901,7 +913,7 @@ mod tests {
             let mut session = Session {
                 rate: RateLimit::new(ctx.limits.messages_per_minute),
                 ctx: ctx.clone(),
-                handle: SessionHandle { id: 7, outbox: outbox.clone(), changes: false },
+                handle: SessionHandle { id: 7, outbox: outbox.clone(), format: WireFormat::default() },
                 identity: None,
                 last_rate_error: None,
                 last_latency: None,

@@ -115,19 +115,25 @@ impl WsRequest {
     /// Answers 101 and returns the future that yields the client's stream (and any bytes it
     /// sent right behind the handshake) once hyper hands the connection over; it gives up
     /// after `wait`.
+    /// `extensions`: the `Sec-WebSocket-Extensions` answer, when an extension was accepted.
     pub fn accept(
         self,
         wait: Duration,
+        extensions: Option<HeaderValue>,
     ) -> (
         Response,
         impl Future<Output = std::io::Result<(Stream, Bytes)>> + Send + 'static,
     ) {
         let accept = derive_accept_key(self.key.as_bytes());
-        let response = Response::builder()
+        let mut builder = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, "upgrade")
             .header(header::UPGRADE, "websocket")
-            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+        if let Some(extensions) = extensions {
+            builder = builder.header(header::SEC_WEBSOCKET_EXTENSIONS, extensions);
+        }
+        let response = builder
             .body(Body::empty())
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
         let on_upgrade = self.on_upgrade;

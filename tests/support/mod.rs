@@ -852,11 +852,21 @@ pub async fn raw_upgrade(addr: &str, path: &str, extra: &[(&str, &str)]) -> toki
 /// The handshake of [`raw_upgrade`] on a socket the caller connected (with its own buffer
 /// sizes, say).
 pub async fn raw_handshake(
-    mut tcp: tokio::net::TcpStream,
+    tcp: tokio::net::TcpStream,
     addr: &str,
     path: &str,
     extra: &[(&str, &str)],
 ) -> tokio::net::TcpStream {
+    raw_handshake_head(tcp, addr, path, extra).await.0
+}
+
+/// [`raw_handshake`], also returning the server's response head.
+pub async fn raw_handshake_head(
+    mut tcp: tokio::net::TcpStream,
+    addr: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (tokio::net::TcpStream, String) {
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
     );
@@ -882,9 +892,9 @@ pub async fn raw_handshake(
         );
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head);
+    let head = String::from_utf8_lossy(&head).into_owned();
     assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
-    tcp
+    (tcp, head)
 }
 
 /// A client frame: masked (unless `masked` is false), with the given first byte (FIN, RSV
@@ -916,8 +926,10 @@ pub fn client_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
 /// What a raw client read from the server.
 #[derive(Debug, Default)]
 pub struct RawRead {
-    /// Text frames, as text.
+    /// Text frames, as text (inflated when they came compressed).
     pub texts: Vec<String>,
+    /// Frames that came compressed (permessage-deflate, RSV1).
+    pub compressed: usize,
     pub pings: usize,
     /// The close frame's code, if one came.
     pub close: Option<u16>,
@@ -946,8 +958,17 @@ pub async fn read_raw(tcp: &mut tokio::net::TcpStream, wait: Duration) -> RawRea
             if buf.len() < end {
                 break;
             }
-            let payload = buf[start..end].to_vec();
+            let mut payload = buf[start..end].to_vec();
             buf.drain(..end);
+            if header.rsv1 {
+                out.compressed += 1;
+                payload.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                let mut plain = Vec::with_capacity(payload.len() * 20 + 1024);
+                flate2::Decompress::new(false)
+                    .decompress_vec(&payload, &mut plain, flate2::FlushDecompress::Sync)
+                    .expect("a compressed frame inflates");
+                payload = plain;
+            }
             use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
             match header.opcode {
                 OpCode::Data(Data::Text) => {

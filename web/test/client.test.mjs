@@ -135,3 +135,20 @@ test("the changes format merges into the same whole events as the full format", 
   full.close();
   changes.close();
 });
+
+test("permessage-deflate both ways with the ws package (every client message compressed)", async () => {
+  const socket = new WebSocket(URL, { perMessageDeflate: { threshold: 0 } });
+  const messages = [];
+  socket.on("message", (data) => messages.push(JSON.parse(data)));
+  await new Promise((resolve, reject) => {
+    socket.on("open", resolve);
+    socket.on("error", reject);
+  });
+  assert.match(socket.extensions, /permessage-deflate/);
+  socket.send(JSON.stringify({ type: "subscribe", room: "sport:all", id: "z" }));
+  await until("a snapshot", () => messages.some((m) => m.type === "snapshot"));
+  assert.ok(messages.some((m) => m.type === "subscribed" && m.id === "z"));
+  assert.ok(messages.find((m) => m.type === "snapshot").events.length > 0);
+  await until("a live message", () => messages.some((m) => m.type === "odds"));
+  socket.close();
+});

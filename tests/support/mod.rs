@@ -961,13 +961,18 @@ pub async fn read_raw(tcp: &mut tokio::net::TcpStream, wait: Duration) -> RawRea
             let mut payload = buf[start..end].to_vec();
             buf.drain(..end);
             if header.rsv1 {
-                out.compressed += 1;
-                payload.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                // Compressed (permessage-deflate); bytes that are no WebSocket frame at all
+                // (an HTTP answer read as frames) are left as they are.
+                let mut input = payload.clone();
+                input.extend_from_slice(&[0, 0, 0xff, 0xff]);
                 let mut plain = Vec::with_capacity(payload.len() * 20 + 1024);
-                flate2::Decompress::new(false)
-                    .decompress_vec(&payload, &mut plain, flate2::FlushDecompress::Sync)
-                    .expect("a compressed frame inflates");
-                payload = plain;
+                if flate2::Decompress::new(false)
+                    .decompress_vec(&input, &mut plain, flate2::FlushDecompress::Sync)
+                    .is_ok()
+                {
+                    out.compressed += 1;
+                    payload = plain;
+                }
             }
             use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
             match header.opcode {

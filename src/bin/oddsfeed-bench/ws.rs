@@ -26,6 +26,9 @@ pub struct WsArgs {
     /// Rooms each client joins (client i joins rooms i, i+1, … of the list).
     #[arg(long, default_value_t = 1)]
     rooms_per_client: usize,
+    /// Offer permessage-deflate; bytes per client are then counted as they go on the wire.
+    #[arg(long)]
+    deflate: bool,
     /// Rooms to spread the clients over (round-robin).
     #[arg(
         long,
@@ -123,6 +126,7 @@ pub async fn run(args: WsArgs) -> anyhow::Result<()> {
                 "--source-addresses",
                 &args.source_addresses.to_string(),
             ])
+            .args(args.deflate.then_some("--deflate"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

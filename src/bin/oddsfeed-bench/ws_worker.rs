@@ -41,6 +41,9 @@ pub struct WorkerArgs {
     /// Rooms each client joins: client i joins rooms i, i+1, … (mod the list).
     #[arg(long, default_value_t = 1)]
     pub rooms_per_client: usize,
+    /// Offer permessage-deflate (bytes are then counted compressed, as on the wire).
+    #[arg(long)]
+    pub deflate: bool,
     /// Source addresses 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 64)]
     pub source_addresses: u8,
@@ -48,6 +51,9 @@ pub struct WorkerArgs {
 
 /// What every client of this worker shares.
 struct Shared {
+    /// The request path, and whether to offer permessage-deflate (the same for every client).
+    path: String,
+    deflate: bool,
     recording: AtomicBool,
     latency: Histogram,
     frames: AtomicU64,
@@ -69,6 +75,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         args.rooms.len()
     );
     let shared = Arc::new(Shared {
+        path: args.path.clone(),
+        deflate: args.deflate,
         recording: AtomicBool::new(false),
         latency: Histogram::new(),
         frames: AtomicU64::new(0),
@@ -91,7 +99,6 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             .collect();
         tasks.push(tokio::spawn(client(
             args.addr[i % args.addr.len()],
-            args.path.clone(),
             source,
             rooms,
             ready_tx.clone(),
@@ -206,7 +213,6 @@ fn room_of(head: &[u8]) -> Option<&[u8]> {
 /// snapshots, then count what arrives until `stop`, checking each room's seqs.
 async fn client(
     addr: SocketAddr,
-    path: String,
     source: Ipv4Addr,
     rooms: Vec<String>,
     ready: tokio::sync::mpsc::Sender<Result<Duration, String>>,
@@ -216,7 +222,7 @@ async fn client(
     let started = Instant::now();
     let connected = tokio::time::timeout(
         Duration::from_secs(60),
-        connect(addr, &path, source, &rooms),
+        connect(addr, &shared.path, shared.deflate, source, &rooms),
     )
     .await
     .unwrap_or_else(|_| Err("timed out connecting".into()));
@@ -240,13 +246,24 @@ async fn client(
             _ = stop.cancelled() => return,
             frame = reader.next(&mut tcp) => frame,
         };
-        let Some(Frame { opcode, len, head }) = frame else {
+        let Some(Frame {
+            opcode,
+            len,
+            head,
+            compressed,
+        }) = frame
+        else {
             if reported {
                 shared.lost.fetch_add(1, Ordering::Relaxed);
             } else {
                 let _ = ready.send(Err("closed before the snapshot".into())).await;
             }
             return;
+        };
+        let head = if compressed {
+            inflate_head(&head)
+        } else {
+            head
         };
         match opcode {
             0x1 if head.starts_with(br#"{"type":"odds""#) => {
@@ -293,6 +310,7 @@ async fn client(
 async fn connect(
     addr: SocketAddr,
     path: &str,
+    deflate: bool,
     source: Ipv4Addr,
     rooms: &[String],
 ) -> Result<(TcpStream, FrameReader), String> {
@@ -302,8 +320,13 @@ async fn connect(
         .map_err(|e| format!("bind {source}: {e}"))?;
     let mut tcp = socket.connect(addr).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
+    let extension = if deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+    } else {
+        ""
+    };
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extension}\r\n"
     );
     tcp.write_all(request.as_bytes())
         .await
@@ -339,6 +362,17 @@ struct Frame {
     opcode: u8,
     len: u64,
     head: Vec<u8>,
+    /// RSV1: the payload is compressed (permessage-deflate).
+    compressed: bool,
+}
+
+/// The first bytes of a compressed message, from the first bytes of its payload (a prefix
+/// of a DEFLATE stream inflates to a prefix of the message).
+fn inflate_head(z: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEAD);
+    let _ =
+        flate2::Decompress::new(false).decompress_vec(z, &mut out, flate2::FlushDecompress::None);
+    out
 }
 
 /// Reads frames from a socket into a fixed 8 KiB buffer, keeping only each payload's head.
@@ -383,13 +417,13 @@ impl FrameReader {
 
     /// The next frame; `None` at the end of the stream or on a malformed frame.
     async fn next(&mut self, tcp: &mut TcpStream) -> Option<Frame> {
-        let (opcode, len) = loop {
+        let (opcode, len, compressed) = loop {
             let mut cursor = Cursor::new(self.pending());
             match FrameHeader::parse(&mut cursor) {
                 Ok(Some((header, len))) => {
                     let used = cursor.position() as usize;
                     self.consume(used);
-                    break (u8::from(header.opcode), len);
+                    break (u8::from(header.opcode), len, header.rsv1);
                 }
                 Ok(None) => {
                     if !self.fill(tcp).await {
@@ -411,7 +445,12 @@ impl FrameReader {
             self.consume(take);
             left -= take as u64;
         }
-        Some(Frame { opcode, len, head })
+        Some(Frame {
+            opcode,
+            len,
+            head,
+            compressed,
+        })
     }
 }
 
@@ -429,6 +468,18 @@ mod tests {
         );
         assert_eq!(field(head, r#""publishedAt":"#), Some(1_700_000_000_123));
         assert_eq!(field(b"{\"seq\":\xe2\x82", r#""seq":"#), None);
+    }
+
+    #[test]
+    fn the_head_of_a_compressed_message_inflates_from_its_first_bytes() {
+        let message = format!(
+            r#"{{"type":"odds","room":"sport:all","seq":7,"upserts":[{}]}}"#,
+            "{\"id\":\"e\"},".repeat(2000)
+        );
+        let z = oddsfeed::broadcaster::deflate::compress(message.as_bytes());
+        let head = inflate_head(&z[..HEAD.min(z.len())]);
+        assert!(head.starts_with(br#"{"type":"odds""#));
+        assert_eq!(field(&head, r#""seq":"#), Some(7));
     }
 
     #[test]

@@ -237,6 +237,7 @@ async fn client(
     let mut last_seq: Vec<Option<u64>> = vec![None; rooms.len()];
     let mut snapshots = 0;
     let mut reported = false;
+    let mut inflater = flate2::Decompress::new(false);
     let index = |head: &[u8]| {
         let room = room_of(head)?;
         rooms.iter().position(|r| r.as_bytes() == room)
@@ -261,7 +262,7 @@ async fn client(
             return;
         };
         let head = if compressed {
-            inflate_head(&head)
+            inflate_head(&mut inflater, &head)
         } else {
             head
         };
@@ -367,11 +368,12 @@ struct Frame {
 }
 
 /// The first bytes of a compressed message, from the first bytes of its payload (a prefix
-/// of a DEFLATE stream inflates to a prefix of the message).
-fn inflate_head(z: &[u8]) -> Vec<u8> {
+/// of a DEFLATE stream inflates to a prefix of the message); `inflater` is reset and reused
+/// (every message is compressed on its own).
+fn inflate_head(inflater: &mut flate2::Decompress, z: &[u8]) -> Vec<u8> {
+    inflater.reset(false);
     let mut out = Vec::with_capacity(HEAD);
-    let _ =
-        flate2::Decompress::new(false).decompress_vec(z, &mut out, flate2::FlushDecompress::None);
+    let _ = inflater.decompress_vec(z, &mut out, flate2::FlushDecompress::None);
     out
 }
 
@@ -477,7 +479,13 @@ mod tests {
             "{\"id\":\"e\"},".repeat(2000)
         );
         let z = oddsfeed::broadcaster::deflate::compress(message.as_bytes());
-        let head = inflate_head(&z[..HEAD.min(z.len())]);
+        let mut inflater = flate2::Decompress::new(false);
+        let head = inflate_head(&mut inflater, &z[..HEAD.min(z.len())]);
+        assert_eq!(
+            inflate_head(&mut inflater, &z[..HEAD.min(z.len())]),
+            head,
+            "reusable"
+        );
         assert!(head.starts_with(br#"{"type":"odds""#));
         assert_eq!(field(&head, r#""seq":"#), Some(7));
     }

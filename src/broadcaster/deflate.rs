@@ -18,49 +18,73 @@ pub const RESPONSE: &str =
 /// The 4 bytes a sync flush ends with, which the sender removes (RFC 7692 §7.2.1).
 pub const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
+/// The response when the accepted offer named `server_max_window_bits` (accepting that
+/// parameter means echoing it, RFC 7692 §7.1.2.1).
+pub const RESPONSE_WITH_WINDOW: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15";
+
 /// `Some(response header)` when one of the client's offers can be accepted.
 pub fn negotiate(headers: &HeaderMap) -> Option<HeaderValue> {
-    let accepted = headers
+    headers
         .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(acceptable);
-    accepted.then(|| HeaderValue::from_static(RESPONSE))
+        .find_map(acceptable)
+        .map(HeaderValue::from_static)
 }
 
-/// Whether one offer (`permessage-deflate; param; param=value`) can be accepted as we run it.
-fn acceptable(offer: &str) -> bool {
+/// The response to one offer (`permessage-deflate; param; param=value`), if it can be
+/// accepted as we run the extension.
+fn acceptable(offer: &str) -> Option<&'static str> {
     let mut parts = offer.split(';').map(str::trim);
     if parts.next() != Some("permessage-deflate") {
-        return false;
+        return None;
     }
     let mut seen: Vec<&str> = Vec::new();
     for param in parts {
         let (name, value) = match param.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            Some((n, v)) => (n.trim(), Some(unquote(v.trim())?)),
             None => (param, None),
         };
         if seen.contains(&name) {
-            return false;
+            return None;
         }
         seen.push(name);
         let ok = match (name, value) {
             ("server_no_context_takeover" | "client_no_context_takeover", None) => true,
             // We inflate with the full window, whatever the client's is.
             ("client_max_window_bits", None) => true,
-            ("client_max_window_bits", Some(v)) => {
-                v.parse::<u8>().is_ok_and(|b| (8..=15).contains(&b))
-            }
+            ("client_max_window_bits", Some(v)) => window_bits(v).is_some(),
             // We compress with a 32 KiB window (15 bits) only.
-            ("server_max_window_bits", Some(v)) => v == "15",
+            ("server_max_window_bits", Some(v)) => window_bits(v) == Some(15),
             _ => false,
         };
         if !ok {
-            return false;
+            return None;
         }
     }
-    true
+    Some(if seen.contains(&"server_max_window_bits") {
+        RESPONSE_WITH_WINDOW
+    } else {
+        RESPONSE
+    })
+}
+
+/// A value as is, or without one balanced pair of double quotes; `None` when unbalanced.
+fn unquote(v: &str) -> Option<&str> {
+    match (v.starts_with('"'), v.ends_with('"')) {
+        (true, true) if v.len() >= 2 => Some(&v[1..v.len() - 1]),
+        (false, false) => Some(v),
+        _ => None,
+    }
+}
+
+/// 8 to 15 written as plain digits without a leading zero (RFC 7692 §7.1.2).
+fn window_bits(v: &str) -> Option<u8> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v.starts_with('0') {
+        return None;
+    }
+    v.parse().ok().filter(|b| (8..=15).contains(b))
 }
 
 /// `payload` compressed as one message (raw DEFLATE, sync flush, tail removed).
@@ -117,10 +141,15 @@ mod tests {
             "permessage-deflate",
             "permessage-deflate; client_max_window_bits=15; server_no_context_takeover",
             "x-webkit-deflate-frame, permessage-deflate; client_no_context_takeover",
-            "permessage-deflate; server_max_window_bits=15",
+            "permessage-deflate; client_max_window_bits=\"10\"",
         ] {
             assert_eq!(offer(value).unwrap(), RESPONSE, "{value}");
         }
+        // Accepting server_max_window_bits means echoing it.
+        assert_eq!(
+            offer("permessage-deflate; server_max_window_bits=15").unwrap(),
+            RESPONSE_WITH_WINDOW
+        );
     }
 
     #[test]
@@ -130,6 +159,9 @@ mod tests {
             "permessage-deflate; unknown_param",
             "permessage-deflate; client_no_context_takeover; client_no_context_takeover",
             "permessage-deflate; client_max_window_bits=99",
+            "permessage-deflate; client_max_window_bits=+15",
+            "permessage-deflate; client_max_window_bits=08",
+            "permessage-deflate; client_max_window_bits=15\"",
             "x-webkit-deflate-frame",
             "",
         ] {

@@ -41,15 +41,19 @@ pub struct InflateRead<R> {
     /// Inside a fragmented message: whether it is compressed.
     fragmented: Option<bool>,
     pending: Option<Pending>,
-    /// Largest frame or message accepted (the session's hard frame limit).
+    /// Largest compressed message accepted (the session's hard frame limit).
     limit: usize,
+    /// Most bytes a message is inflated to (the session's message limit).
+    message_limit: usize,
     /// The stream ended or a frame was refused: pass everything through from now on.
     done: bool,
 }
 
 impl<R> InflateRead<R> {
-    /// `leftover`: bytes that arrived right behind the handshake.
-    pub fn new(inner: R, leftover: &[u8], limit: usize) -> Self {
+    /// `leftover`: bytes that arrived right behind the handshake. `limit`: the largest
+    /// compressed message (beyond: 1009); `message_limit`: the most a message is inflated to
+    /// (beyond: a message the session refuses as too large).
+    pub fn new(inner: R, leftover: &[u8], limit: usize, message_limit: usize) -> Self {
         Self {
             inner,
             raw: BytesMut::from(leftover),
@@ -58,6 +62,7 @@ impl<R> InflateRead<R> {
             fragmented: None,
             pending: None,
             limit,
+            message_limit,
             done: false,
         }
     }
@@ -138,17 +143,25 @@ impl<R> InflateRead<R> {
             self.passing = payload_len;
             return true;
         }
-        // A frame of a compressed message: needs all its payload, within the limit.
+        // A frame of a compressed message: needs all its payload, within the limit. RSV2 and
+        // RSV3 mean nothing here either.
         let collected = self.pending.as_ref().map_or(0, |p| p.payload.len()) as u64;
-        if !masked {
+        if !masked || b0 & 0x30 != 0 {
             self.refuse_protocol();
             return true;
         }
-        if payload_len + collected > self.limit as u64 {
+        // Subtraction, not addition: a length near 2^64 must not wrap past the check.
+        if payload_len > (self.limit as u64).saturating_sub(collected) {
             self.refuse_size();
             return true;
         }
-        let frame_len = header_len + payload_len as usize;
+        let Some(frame_len) = usize::try_from(payload_len)
+            .ok()
+            .and_then(|n| n.checked_add(header_len))
+        else {
+            self.refuse_size();
+            return true;
+        };
         if self.raw.len() < frame_len {
             return false;
         }
@@ -176,12 +189,19 @@ impl<R> InflateRead<R> {
         let Some(Pending { opcode, payload }) = self.pending.take() else {
             return true;
         };
-        match inflate(&payload, self.limit) {
+        match inflate(&payload, self.message_limit) {
             Inflated::Ok(message) => {
                 push_header(&mut self.out, opcode, message.len() as u64);
                 self.out.extend_from_slice(&message);
             }
-            Inflated::TooBig => self.refuse_size(),
+            // Past the message limit, the session sees a message one byte too long (spaces)
+            // and answers `too_large` as it does for an uncompressed one: a few compressed
+            // bytes never buy more than `message_limit` of inflating.
+            Inflated::TooBig => {
+                let len = self.message_limit.saturating_add(1);
+                push_header(&mut self.out, opcode, len as u64);
+                self.out.resize(self.out.len() + len, b' ');
+            }
             Inflated::Invalid => self.refuse_protocol(),
         }
         true
@@ -235,29 +255,36 @@ fn inflate(payload: &[u8], limit: usize) -> Inflated {
     let mut input = Vec::with_capacity(payload.len() + TAIL.len());
     input.extend_from_slice(payload);
     input.extend_from_slice(&TAIL);
+    let cap = limit.saturating_add(1);
     let mut z = Decompress::new(false);
-    let mut out = Vec::with_capacity((payload.len() * 4).clamp(64, limit + 1));
+    let mut out = Vec::with_capacity(payload.len().saturating_mul(4).clamp(64.min(cap), cap));
     loop {
-        let consumed = z.total_in() as usize;
+        let consumed = usize::try_from(z.total_in()).unwrap_or(input.len());
         let before_out = z.total_out();
         if out.len() == out.capacity() {
             if out.len() > limit {
                 return Inflated::TooBig;
             }
-            out.reserve((out.capacity()).min(limit + 1 - out.len()).max(64));
+            // Exactly: never past one byte over the limit.
+            out.reserve_exact(out.capacity().clamp(64, cap - out.len()));
         }
-        match z.decompress_vec(&input[consumed..], &mut out, FlushDecompress::Sync) {
+        let status = z.decompress_vec(
+            &input[consumed.min(input.len())..],
+            &mut out,
+            FlushDecompress::Sync,
+        );
+        if out.len() > limit {
+            return Inflated::TooBig;
+        }
+        match status {
             Ok(Status::StreamEnd) => break,
             Ok(_) => {}
             Err(_) => return Inflated::Invalid,
         }
-        if out.len() > limit {
-            return Inflated::TooBig;
-        }
         if z.total_in() as usize >= input.len() && out.len() < out.capacity() {
             break;
         }
-        if z.total_in() as usize == consumed
+        if usize::try_from(z.total_in()).unwrap_or(input.len()) == consumed
             && z.total_out() == before_out
             && out.len() < out.capacity()
         {
@@ -331,7 +358,7 @@ mod tests {
 
     async fn through(input: Vec<u8>, limit: usize) -> Vec<u8> {
         let (head, rest) = input.split_at(input.len().min(3));
-        let mut reader = InflateRead::new(rest, head, limit);
+        let mut reader = InflateRead::new(rest, head, limit, limit / 16);
         let mut out = Vec::new();
         reader.read_to_end(&mut out).await.unwrap();
         out
@@ -406,15 +433,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_decompression_bomb_stops_at_the_limit() {
+    async fn a_decompression_bomb_stops_at_the_message_limit() {
         let bomb = compress(&vec![b'a'; 1 << 20]);
         assert!(bomb.len() < 4096);
         let out = through(frame(FIN | RSV1 | 0x1, &bomb), 64 * 1024).await;
         let (_, len, _) = parse_header(&out).unwrap();
         assert_eq!(
             len,
-            64 * 1024 + 1,
-            "a header past the limit: tungstenite closes with 1009"
+            4 * 1024 + 1,
+            "one byte over the message limit: the session answers too_large"
         );
+        // A message exactly at the limit inflates whole.
+        let exact = vec![b'b'; 4 * 1024];
+        let out = through(frame(FIN | RSV1 | 0x1, &compress(&exact)), 64 * 1024).await;
+        assert_eq!(frames(&out), vec![(0x1, false, exact)]);
+    }
+
+    #[tokio::test]
+    async fn a_continuation_claiming_nearly_2_to_the_64_bytes_is_refused_as_too_big() {
+        for collected in [1usize, 100] {
+            let mut input = frame(RSV1 | 0x1, &vec![0u8; collected]);
+            // FIN continuation, masked, 64-bit length 2^64 - collected, a mask key, no payload.
+            input.extend_from_slice(&[FIN, MASKED | 127]);
+            input.extend_from_slice(&(u64::MAX - collected as u64 + 1).to_be_bytes());
+            input.extend_from_slice(&[1, 2, 3, 4]);
+            let out = through(input, 64 * 1024).await;
+            let (_, len, _) = parse_header(&out).unwrap();
+            assert_eq!(
+                len,
+                64 * 1024 + 1,
+                "collected {collected}: a 1009, no panic, no growth"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn rsv2_or_rsv3_on_a_compressed_frame_is_a_protocol_error() {
+        let out = through(frame(FIN | RSV1 | 0x20 | 0x1, &compress(b"x")), 1 << 16).await;
+        assert!(frames(&out).iter().any(|(_, rsv1, _)| *rsv1));
     }
 }

@@ -327,7 +327,12 @@ pub async fn run(
     // With permessage-deflate, compressed client messages are inflated before tungstenite
     // sees them (the bytes behind the handshake included).
     let (read, leftover): (ReadHalf, Bytes) = if format.deflate {
-        let inflating = InflateRead::new(read, &leftover, limits.hard_frame_limit);
+        let inflating = InflateRead::new(
+            read,
+            &leftover,
+            limits.hard_frame_limit,
+            limits.max_message_bytes,
+        );
         (Box::new(inflating), Bytes::new())
     } else {
         (read, leftover)

@@ -86,6 +86,16 @@ async fn drain(client: &mut WsClient, views: &mut BTreeMap<String, RoomView>, qu
     }
 }
 
+/// [`random_changes`] in a task of its own, on the same pool.
+fn spawn_random_changes(db: &TestDb, rounds: usize) -> tokio::task::JoinHandle<()> {
+    let db = TestDb {
+        name: String::new(),
+        url: String::new(),
+        pool: db.pool.clone(),
+    };
+    tokio::spawn(async move { random_changes(&db, rounds).await })
+}
+
 /// The stored state of one room.
 fn expected(stored: &BTreeMap<String, Value>, room: &str) -> BTreeMap<String, Value> {
     stored
@@ -162,17 +172,7 @@ async fn clients_converge_to_the_published_state_with_contiguous_seqs() {
     }
     clients.push((multi, multi_views));
 
-    let changer = {
-        let pool = db.pool.clone();
-        tokio::spawn(async move {
-            let db = TestDb {
-                name: String::new(),
-                url: String::new(),
-                pool,
-            };
-            random_changes(&db, 120).await;
-        })
-    };
+    let changer = spawn_random_changes(&db, 120);
     // Read while changes happen, so no queue grows.
     let started = Instant::now();
     while !changer.is_finished() || started.elapsed() < Duration::from_millis(500) {
@@ -750,17 +750,7 @@ async fn the_changes_format_carries_only_what_changed_and_converges() {
         views.insert(room.to_string(), join(&mut changes, room).await);
     }
 
-    let changer = {
-        let pool = db.pool.clone();
-        tokio::spawn(async move {
-            let db = TestDb {
-                name: String::new(),
-                url: String::new(),
-                pool,
-            };
-            random_changes(&db, 80).await;
-        })
-    };
+    let changer = spawn_random_changes(&db, 80);
     let (mut full_bytes, mut changes_bytes) = (0, 0);
     let mut partial_upserts = 0;
     let started = Instant::now();

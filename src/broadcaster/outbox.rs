@@ -122,6 +122,33 @@ struct Queue {
     socket: Option<Arc<TcpStream>>,
 }
 
+/// Accounts for `n` bytes written from the front of `queue`, whose first item had `offset`
+/// bytes out already: each item now written whole goes to `done`, in order, and `offset`
+/// becomes how much of the new first item is out. The fan-out's and the writer's one rule.
+pub(super) fn consume_written<T>(
+    queue: &mut VecDeque<T>,
+    offset: &mut usize,
+    mut n: usize,
+    len: impl Fn(&T) -> usize,
+    mut done: impl FnMut(T),
+) {
+    while n > 0 {
+        let Some(front) = queue.front() else {
+            break;
+        };
+        let left = len(front) - *offset;
+        if n < left {
+            *offset += n;
+            return;
+        }
+        n -= left;
+        *offset = 0;
+        if let Some(item) = queue.pop_front() {
+            done(item);
+        }
+    }
+}
+
 /// What a fan-out flush did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flushed {
@@ -331,21 +358,19 @@ impl Outbox {
                         abort = true;
                         break;
                     }
-                    Ok(mut n) => {
-                        while let Some(front) = q.data.front() {
-                            let left = front.frame.len() - q.head_written;
-                            if n < left {
-                                q.head_written += n;
-                                break;
-                            }
-                            n -= left;
-                            q.head_written = 0;
-                            if let Some(frame) = q.data.pop_front() {
-                                q.bytes -= frame.frame.len();
+                    Ok(n) => {
+                        let bytes = &mut q.bytes;
+                        consume_written(
+                            &mut q.data,
+                            &mut q.head_written,
+                            n,
+                            |f| f.frame.len(),
+                            |frame| {
+                                *bytes -= frame.frame.len();
                                 tally.add(&frame, now);
                                 written += 1;
-                            }
-                        }
+                            },
+                        );
                         if q.head_written > 0 {
                             break;
                         }

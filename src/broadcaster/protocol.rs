@@ -154,6 +154,15 @@ fn room_field(object: &serde_json::Map<String, Value>) -> Result<String, String>
 
 /// Messages the server sends. Shared frames (odds, snapshot, status, message) are built once per
 /// room; replies are built per client.
+/// One upsert of an `odds` message: a whole EVENT, or in the changes format the event's id,
+/// version and changed fields ([`super::changes`]).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Upsert<'a> {
+    Whole(&'a Event),
+    Changes(&'a Value),
+}
+
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ServerMessage<'a> {
@@ -188,21 +197,10 @@ pub enum ServerMessage<'a> {
         /// The same instant in microseconds, when the publisher sent it.
         #[serde(skip_serializing_if = "is_zero")]
         published_at_us: i64,
-        upserts: Vec<&'a Event>,
-        removals: Vec<&'a str>,
-    },
-    /// An `odds` message in the `changes` format (`format: "changes"`): each upsert is the
-    /// event's id, version and changed fields ([`super::changes`]).
-    #[serde(rename = "odds", rename_all = "camelCase")]
-    OddsChanges {
-        room: &'a str,
-        epoch: &'a str,
-        seq: u64,
-        published_at: i64,
-        #[serde(skip_serializing_if = "is_zero")]
-        published_at_us: i64,
-        format: &'static str,
-        upserts: Vec<&'a Value>,
+        /// `"changes"` in the changes format ([`super::changes`]); absent for whole events.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        format: Option<&'static str>,
+        upserts: Vec<Upsert<'a>>,
         removals: Vec<&'a str>,
     },
     Message {
@@ -372,6 +370,7 @@ mod tests {
             seq: 2,
             published_at: 3,
             published_at_us: 0,
+            format: None,
             upserts: vec![],
             removals: vec!["x"],
         }
@@ -386,6 +385,7 @@ mod tests {
             seq: 2,
             published_at: 3,
             published_at_us: 3_456,
+            format: None,
             upserts: vec![],
             removals: vec![],
         }
@@ -393,6 +393,22 @@ mod tests {
         assert!(
             with_us.contains(r#""publishedAt":3,"publishedAtUs":3456,"#),
             "{with_us}"
+        );
+        let patch = serde_json::json!({"id": "e", "version": 2});
+        let changes = ServerMessage::Odds {
+            room: "sport:all",
+            epoch: "e",
+            seq: 2,
+            published_at: 3,
+            published_at_us: 0,
+            format: Some("changes"),
+            upserts: vec![Upsert::Changes(&patch)],
+            removals: vec![],
+        }
+        .to_json();
+        assert_eq!(
+            changes,
+            r#"{"type":"odds","room":"sport:all","epoch":"e","seq":2,"publishedAt":3,"format":"changes","upserts":[{"id":"e","version":2}],"removals":[]}"#
         );
     }
 

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::fanout::Fanout;
 use super::frame::WireFrame;
 use super::outbox::{Outbound, Outbox};
-use super::protocol::{ErrorCode, Rejection, ServerMessage};
+use super::protocol::{ErrorCode, Rejection, ServerMessage, Upsert};
 use super::room_name::OddsRoom;
 use crate::bus::StoredState;
 use crate::odds::{Book, Delta, Event, OddsMessage, net_removals};
@@ -117,9 +117,9 @@ struct Room {
     replay: VecDeque<Buffered>,
     replay_bytes: usize,
     /// Odds rooms: the serialised snapshot at (epoch, seq), shared by everyone joining at once.
-    snapshot: Option<(u64, WireFrame)>,
-    /// The same snapshot compressed, for members with permessage-deflate.
-    snapshot_deflated: Option<(u64, WireFrame)>,
+    /// With it, once asked for, the same snapshot compressed for members with
+    /// permessage-deflate (so the two can never be of different positions).
+    snapshot: Option<(u64, WireFrame, Option<WireFrame>)>,
 }
 
 impl Room {
@@ -133,7 +133,6 @@ impl Room {
             replay: VecDeque::new(),
             replay_bytes: 0,
             snapshot: None,
-            snapshot_deflated: None,
         }
     }
 }
@@ -209,20 +208,11 @@ impl Inner {
     }
 
     /// The compressed form of a room's snapshot `plain` (just taken from `snapshot_frame`),
-    /// compressed once per room and seq.
+    /// compressed once per cached snapshot.
     fn deflated_snapshot(&mut self, name: &str, plain: &WireFrame) -> WireFrame {
-        let Some(r) = self.rooms.get_mut(name) else {
-            return plain.deflated();
-        };
-        let seq = r.snapshot.as_ref().map(|(seq, _)| *seq);
-        match (&r.snapshot_deflated, seq) {
-            (Some((cached, frame)), Some(seq)) if *cached == seq => frame.clone(),
-            (_, Some(seq)) => {
-                let frame = plain.deflated();
-                r.snapshot_deflated = Some((seq, frame.clone()));
-                frame
-            }
-            (_, None) => plain.deflated(),
+        match self.rooms.get_mut(name).and_then(|r| r.snapshot.as_mut()) {
+            Some((_, _, deflated)) => deflated.get_or_insert_with(|| plain.deflated()).clone(),
+            None => plain.deflated(),
         }
     }
 
@@ -230,7 +220,7 @@ impl Inner {
         let seq = self.odds_room_seq(room);
         let kind = RoomKind::of(room);
         if let Some(Room {
-            snapshot: Some((cached_seq, frame)),
+            snapshot: Some((cached_seq, frame, _)),
             ..
         }) = self.rooms.get(name)
             && *cached_seq == seq
@@ -258,7 +248,7 @@ impl Inner {
             events,
         });
         if let Some(r) = self.rooms.get_mut(name) {
-            r.snapshot = Some((seq, frame.clone()));
+            r.snapshot = Some((seq, frame.clone(), None));
         }
         Outbound {
             frame,
@@ -283,7 +273,6 @@ impl Inner {
         if let Some(seq) = seq {
             r.seq = seq;
             r.snapshot = None;
-            r.snapshot_deflated = None;
             r.replay_bytes += frame.frame.len();
             r.replay.push_back(Buffered {
                 seq,
@@ -571,7 +560,6 @@ impl Hub {
                 r.replay.clear();
                 r.replay_bytes = 0;
                 r.snapshot = None;
-                r.snapshot_deflated = None;
                 r.seq = seq;
             }
             if has_members {
@@ -693,36 +681,28 @@ impl Hub {
         let mut frames: Vec<(OddsRoom, String, Outbound, Option<Outbound>, u64)> =
             Vec::with_capacity(planned.len());
         for (odds, room, seq, upserts, removals, kind) in planned {
-            let changes = wants_changes(&room).then(|| Outbound {
-                frame: WireFrame::json(&ServerMessage::OddsChanges {
-                    room: &room,
-                    epoch,
-                    seq,
-                    published_at: msg.published_at,
-                    published_at_us: msg.published_at_us,
-                    format: "changes",
-                    upserts: upserts
-                        .iter()
-                        .filter_map(|e| changed.get(e.id.as_str()))
-                        .collect(),
-                    removals: removals.clone(),
-                }),
-                published_at,
-                kind,
-            });
-            let full = Outbound {
+            let encode = |format: Option<&'static str>, upserts: Vec<Upsert<'_>>| Outbound {
                 frame: WireFrame::json(&ServerMessage::Odds {
                     room: &room,
                     epoch,
                     seq,
                     published_at: msg.published_at,
                     published_at_us: msg.published_at_us,
+                    format,
                     upserts,
-                    removals,
+                    removals: removals.clone(),
                 }),
                 published_at,
                 kind,
             };
+            let changes = wants_changes(&room).then(|| {
+                let patches = upserts
+                    .iter()
+                    .filter_map(|e| changed.get(e.id.as_str()).map(Upsert::Changes))
+                    .collect();
+                encode(Some("changes"), patches)
+            });
+            let full = encode(None, upserts.into_iter().map(Upsert::Whole).collect());
             frames.push((odds, room, full, changes, seq));
         }
         drop(changed);

@@ -27,7 +27,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::frame::WireFrame;
-use super::outbox::{Closing, Next, Outbound, Outbox};
+use super::outbox::{Closing, Next, Outbound, Outbox, consume_written};
 use crate::telemetry as m;
 
 /// Most frames taken into one vectored write (Linux accepts up to 1024 slices).
@@ -169,25 +169,14 @@ impl Batch {
     }
 
     /// Accounts for `n` bytes written; returns the data frames completed.
-    fn advance(&mut self, mut n: usize, done: &mut Vec<Outbound>) {
-        while n > 0 {
-            let Some(front) = self.frames.front() else {
-                break;
-            };
-            let left = front.bytes.len() - self.offset;
-            if n < left {
-                self.offset += n;
-                return;
-            }
-            n -= left;
-            self.offset = 0;
-            if let Some(Piece {
-                data: Some(frame), ..
-            }) = self.frames.pop_front()
-            {
-                done.push(frame);
-            }
-        }
+    fn advance(&mut self, n: usize, done: &mut Vec<Outbound>) {
+        consume_written(
+            &mut self.frames,
+            &mut self.offset,
+            n,
+            |piece| piece.bytes.len(),
+            |piece| done.extend(piece.data),
+        );
     }
 }
 
@@ -425,6 +414,32 @@ mod tests {
         }
     }
 
+    /// `big` then `next` queued for the fan-out on a socket with a small send buffer whose
+    /// client reads nothing yet: the fan-out writes part of `big` and hands the rest over.
+    async fn half_written(
+        big: &Outbound,
+        next: &Outbound,
+    ) -> (
+        tokio::net::TcpStream,
+        std::sync::Arc<tokio::net::TcpStream>,
+        std::sync::Arc<Outbox>,
+    ) {
+        let (client, server) = shared_pair(Some(4096)).await;
+        let o = std::sync::Arc::new(Outbox::new(OutboxLimits {
+            frames: 1000,
+            bytes: 16 << 20,
+        }));
+        o.attach_socket(Some(server.clone()));
+        let mut due = Vec::new();
+        assert!(o.push_fanout(big.clone(), &mut due));
+        assert!(o.push_fanout(next.clone(), &mut due));
+        let crate::broadcaster::outbox::Flushed::Handed(0) = o.flush(&mut Default::default())
+        else {
+            panic!("the big frame cannot go out whole");
+        };
+        (client, server, o)
+    }
+
     #[tokio::test]
     async fn the_fanout_writes_a_caught_up_session_without_waking_its_writer() {
         let (mut client, server) = shared_pair(None).await;
@@ -458,22 +473,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_the_fanout_wrote_in_part_is_finished_first_then_control_then_the_rest() {
-        let (mut client, server) = shared_pair(Some(4096)).await;
-        let o = std::sync::Arc::new(Outbox::new(OutboxLimits {
-            frames: 1000,
-            bytes: 16 << 20,
-        }));
-        o.attach_socket(Some(server.clone()));
         let big = fanout_frame(&"b".repeat(4 << 20));
         let small = fanout_frame("after");
-        let mut due = Vec::new();
-        assert!(o.push_fanout(big.clone(), &mut due));
-        assert!(o.push_fanout(small.clone(), &mut due));
-        // The client reads nothing yet: the socket takes part of the big frame.
-        let crate::broadcaster::outbox::Flushed::Handed(0) = o.flush(&mut Default::default())
-        else {
-            panic!("the big frame cannot go out whole");
-        };
+        let (mut client, server, o) = half_written(&big, &small).await;
         // A pong arrives while the big frame is half out: it must wait for the frame's end.
         let pong = Bytes::from_static(b"\x8a\x00");
         o.push_control(pong.clone());
@@ -506,20 +508,9 @@ mod tests {
 
     #[tokio::test]
     async fn closing_keeps_only_the_frame_the_fanout_wrote_in_part() {
-        let (mut client, server) = shared_pair(Some(4096)).await;
-        let o = std::sync::Arc::new(Outbox::new(OutboxLimits {
-            frames: 1000,
-            bytes: 16 << 20,
-        }));
-        o.attach_socket(Some(server.clone()));
         let big = fanout_frame(&"c".repeat(2 << 20));
+        let (mut client, server, o) = half_written(&big, &fanout_frame("dropped")).await;
         let mut due = Vec::new();
-        assert!(o.push_fanout(big.clone(), &mut due));
-        assert!(o.push_fanout(fanout_frame("dropped"), &mut due));
-        assert!(matches!(
-            o.flush(&mut Default::default()),
-            crate::broadcaster::outbox::Flushed::Handed(0)
-        ));
         o.close(Closing::Server {
             code: 1013,
             reason: "send buffer full",

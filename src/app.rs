@@ -262,8 +262,15 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
 
     if roles.publisher || roles.simulator {
         let options = db::connect_options(&config.database_url).await?;
+        // A tick's transaction holds the change-log rows it consumes: if this process is cut
+        // off mid-tick, PostgreSQL ends the transaction after the lease so the next leader can
+        // consume them.
+        let lease_ms = config.leader_lease_ms.to_string();
+        let pooled = options
+            .clone()
+            .options([("idle_in_transaction_session_timeout", lease_ms.as_str())]);
         pool = Some((
-            db::lazy_pool(options.clone(), config.database_max_connections),
+            db::lazy_pool(pooled, config.database_max_connections),
             options,
         ));
     }
@@ -275,6 +282,7 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         let source = Source::new(
             pool.clone(),
             config.active_events_sql.as_deref(),
+            config.changed_events_sql.as_deref(),
             config.max_events,
         )?;
         let handle = PublisherHandle::new(config.tick_interval());
@@ -299,12 +307,14 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
                     options.clone(),
                     config_.leader_lock_key(),
                     config_.odds_channel.clone(),
+                    config_.leader_lease(),
                 ),
                 params,
                 handle: handle_.clone(),
                 interval: config_.tick_interval(),
                 heartbeat: config_.heartbeat_interval(),
                 tick_timeout: config_.tick_timeout(),
+                full_resync: config_.full_resync_interval(),
                 autostart: config_.publisher_autostart,
                 notify_min_gap,
                 changed: changed.clone(),

@@ -123,6 +123,22 @@ pub struct Config {
     #[arg(long, env = "ACTIVE_EVENTS_SQL", global = true)]
     pub active_events_sql: Option<PathBuf>,
 
+    /// Path of the changed-events query (see sql/README.md, "Incremental ticks"). Unset: the
+    /// built-in sql/changed_events.sql with the built-in active query, none with a custom one
+    /// (then every tick reads all active events).
+    #[arg(long, env = "CHANGED_EVENTS_SQL", global = true)]
+    pub changed_events_sql: Option<PathBuf>,
+
+    /// Milliseconds between two full reads that check the incremental book (any difference is
+    /// counted in oddsfeed_publisher_resync_differences_total). 0: every tick reads everything.
+    #[arg(long, env = "FULL_RESYNC_INTERVAL_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000), global = true)]
+    pub full_resync_interval_ms: u64,
+
+    /// Milliseconds a leader cut off from PostgreSQL may keep its lock: PostgreSQL ends a lock
+    /// session that stays silent this long, so a standby takes over within about this time.
+    #[arg(long, env = "LEADER_LEASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1000..=600_000), global = true)]
+    pub leader_lease_ms: u64,
+
     /// Publish at most this many active events (the first ones in publishing order). Unset: no cap.
     #[arg(long, env = "MAX_EVENTS", global = true)]
     pub max_events: Option<usize>,
@@ -400,6 +416,14 @@ impl Config {
 
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn full_resync_interval(&self) -> Duration {
+        Duration::from_millis(self.full_resync_interval_ms)
+    }
+
+    pub fn leader_lease(&self) -> Duration {
+        Duration::from_millis(self.leader_lease_ms)
     }
 
     pub fn tick_timeout(&self) -> Duration {

@@ -26,6 +26,9 @@ pub const PUBLISHER_RUNNING: &str = "oddsfeed_publisher_running";
 pub const PUBLISHER_SEQ: &str = "oddsfeed_publisher_seq";
 pub const LEADER_CHANGES: &str = "oddsfeed_leader_changes_total";
 pub const STATE_RELOADS: &str = "oddsfeed_state_reloads_total";
+pub const PUBLISHER_READS: &str = "oddsfeed_publisher_reads_total";
+pub const RESYNC_DIFFERENCES: &str = "oddsfeed_publisher_resync_differences_total";
+pub const LEADER_CHECK: &str = "oddsfeed_leader_check_seconds";
 pub const SOURCE_VALUE_PROBLEMS: &str = "oddsfeed_source_value_problems_total";
 // Broadcaster.
 pub const WS_CONNECTIONS: &str = "oddsfeed_ws_connections";
@@ -131,6 +134,11 @@ pub fn register_publisher_metrics() {
     for reason in ["sync", "conflict", "behind"] {
         metrics::counter!(STATE_RELOADS, "reason" => reason).increment(0);
     }
+    for kind in ["changed", "full", "resync"] {
+        metrics::counter!(PUBLISHER_READS, "kind" => kind).increment(0);
+    }
+    metrics::counter!(RESYNC_DIFFERENCES).increment(0);
+    let _ = metrics::histogram!(LEADER_CHECK);
     for name in [
         TICK_OVERRUNS,
         PUBLISHED_BYTES,
@@ -303,6 +311,21 @@ fn describe() {
         LEADER_CHANGES,
         Unit::Count,
         "Times this process became leader or lost leadership."
+    );
+    describe_counter!(
+        PUBLISHER_READS,
+        Unit::Count,
+        "Ticks by what they read: changed (only changed events), full (everything), resync (everything, checked against the incremental book)."
+    );
+    describe_counter!(
+        RESYNC_DIFFERENCES,
+        Unit::Count,
+        "Events a periodic full read found different from the incremental book: changes the change capture missed."
+    );
+    describe_histogram!(
+        LEADER_CHECK,
+        Unit::Seconds,
+        "Time the leader's check of its lock session took (a check slower than half LEADER_LEASE_MS gives leadership up)."
     );
     describe_counter!(
         STATE_RELOADS,

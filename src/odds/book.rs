@@ -199,6 +199,33 @@ impl Book {
     /// order. Ids must be unique; a later duplicate is ignored. Returns `None` when nothing a
     /// client would see changed.
     pub fn diff(&self, current: &[(String, EventView)]) -> Option<Delta> {
+        self.propose(current, |seen| {
+            self.events
+                .values()
+                .filter(|e| !seen.contains(e.id.as_str()))
+                .collect()
+        })
+    }
+
+    /// Like [`Book::diff`], for a read of only the events that changed: `changed` are those
+    /// still active, `gone` those that are not (an id in both counts as active). Events in
+    /// neither are left as they are.
+    pub fn diff_changed(&self, changed: &[(String, EventView)], gone: &[String]) -> Option<Delta> {
+        self.propose(changed, |seen| {
+            gone.iter()
+                .filter(|id| !seen.contains(id.as_str()))
+                .filter_map(|id| self.events.get(id))
+                .collect()
+        })
+    }
+
+    /// The delta that upserts what differs in `current` and removes the events `gone` picks
+    /// (given the ids of `current`).
+    fn propose<'a>(
+        &'a self,
+        current: &'a [(String, EventView)],
+        gone: impl FnOnce(&HashSet<&'a str>) -> Vec<&'a Event>,
+    ) -> Option<Delta> {
         let mut sports: BTreeMap<String, SportDelta> = BTreeMap::new();
         let mut seen: HashSet<&str> = HashSet::with_capacity(current.len());
         let entry = |sports: &mut BTreeMap<String, SportDelta>, sport: &str| {
@@ -244,12 +271,9 @@ impl Book {
             }
         }
 
-        let mut gone: Vec<&Event> = self
-            .events
-            .values()
-            .filter(|e| !seen.contains(e.id.as_str()))
-            .collect();
+        let mut gone = gone(&seen);
         gone.sort_by(|a, b| a.id.cmp(&b.id));
+        gone.dedup_by(|a, b| a.id == b.id);
         for event in gone {
             entry(&mut sports, &event.view.sport);
             if let Some(block) = sports.get_mut(&event.view.sport) {
@@ -267,6 +291,11 @@ impl Book {
             seq: self.seq + 1,
             sports,
         })
+    }
+
+    /// Number of published events that are suspended.
+    pub fn suspended(&self) -> usize {
+        self.events.values().filter(|e| e.view.suspended).count()
     }
 
     /// Commits a delta produced by [`Book::diff`] on this book (its events move in). Returns

@@ -1,19 +1,29 @@
-//! Leader election with a PostgreSQL advisory lock.
+//! Leader election with a PostgreSQL advisory lock, held under a lease.
 //!
 //! The lock is held by a dedicated connection outside the pool: the session that holds it *is*
 //! the leadership. When the process dies, PostgreSQL ends the session and frees the lock at
-//! once, and a standby's next attempt (every tick) takes it. When the leader cannot reach its
-//! own lock session within [`CHECK_TIMEOUT`], it considers leadership lost immediately and
-//! stops publishing; the Redis fence (see `bus::redis`) covers the instant in between.
+//! once, and a standby's next attempt (every tick) takes it.
+//!
+//! A leader cut off by the network is not dead to PostgreSQL until the server gives up on its
+//! session; with default settings that takes about two hours, and no standby could take over.
+//! So the session is a lease of `LEADER_LEASE_MS` (L): it sets `idle_session_timeout` to L
+//! (the server ends a session that sends nothing for L, whatever the network does) and TCP
+//! keepalives and `tcp_user_timeout` so a dead peer is noticed within about L too. The leader
+//! renews the lease by checking its session at least every L/3, and gives leadership up itself
+//! when a check takes longer than L/2: before the server can grant the lock to anyone else.
+//! The Redis fence (see `bus::redis`) covers any instant in between.
+//!
+//! A standby keeps one connection for its attempts instead of opening one per attempt.
 
 use std::time::Duration;
 
 use anyhow::Context;
+use metrics::histogram;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
+use tokio::time::Instant;
 
-/// Longest any statement on the lock session may take before leadership is given up.
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::telemetry as m;
 
 /// What the leader learns each time it checks its lock session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,87 +40,182 @@ pub struct Leader {
     key: i64,
     /// Channel whose desired state the leader reads through its lock session.
     channel: String,
-    /// `Some` while this process holds the lock.
-    session: Option<PgConnection>,
+    /// `LEADER_LEASE_MS`.
+    lease: Duration,
+    /// The one connection, kept between attempts while standby and holding the lock while
+    /// leader.
+    conn: Option<PgConnection>,
+    /// The lock is held on `conn`.
+    held: bool,
+    /// When the last check (or the acquisition) succeeded.
+    renewed: Instant,
 }
 
 impl Leader {
-    pub fn new(options: PgConnectOptions, key: i64, channel: impl Into<String>) -> Self {
+    pub fn new(
+        options: PgConnectOptions,
+        key: i64,
+        channel: impl Into<String>,
+        lease: Duration,
+    ) -> Self {
         Self {
             options: options.application_name("oddsfeed-leader"),
             key,
             channel: channel.into(),
-            session: None,
+            lease,
+            conn: None,
+            held: false,
+            renewed: Instant::now(),
         }
     }
 
     pub fn is_leader(&self) -> bool {
-        self.session.is_some()
+        self.held
+    }
+
+    /// Longest a statement on the lock session may take: half the lease.
+    pub fn check_timeout(&self) -> Duration {
+        self.lease / 2
+    }
+
+    /// When the leader must check its session next to keep the lease (`None` while standby).
+    pub fn renew_at(&self) -> Option<Instant> {
+        self.held.then(|| self.renewed + self.lease / 3)
+    }
+
+    /// Opens the session and sets its lease. A setting the server does not know (older
+    /// PostgreSQL) is logged and skipped: the others still bound the lease.
+    async fn connect(&self) -> anyhow::Result<PgConnection> {
+        let mut conn = self
+            .options
+            .connect()
+            .await
+            .context("Failed to open the leader-lock session")?;
+        let lease_ms = self.lease.as_millis().to_string();
+        let idle_s = (self.lease.as_secs() / 3).max(1).to_string();
+        let settings = [
+            ("idle_session_timeout", lease_ms.as_str()),
+            ("tcp_user_timeout", lease_ms.as_str()),
+            ("tcp_keepalives_idle", idle_s.as_str()),
+            ("tcp_keepalives_interval", "1"),
+            ("tcp_keepalives_count", "2"),
+        ];
+        for (name, value) in settings {
+            let set = sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(name)
+                .bind(value)
+                .execute(&mut conn)
+                .await;
+            if let Err(error) = set {
+                tracing::warn!(setting = name, %error, "the leader-lock session could not set its lease; continuing without it");
+            }
+        }
+        Ok(conn)
     }
 
     /// Tries to become leader. Returns whether this process now holds the lock.
     pub async fn try_acquire(&mut self) -> anyhow::Result<bool> {
-        if self.session.is_some() {
+        if self.held {
             return Ok(true);
         }
-        let key = self.key;
-        let attempt = async {
-            let mut conn = self
-                .options
-                .connect()
-                .await
-                .context("Failed to open the leader-lock session")?;
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(key)
-                .fetch_one(&mut conn)
-                .await
-                .context("Failed to try the leader lock")?;
-            anyhow::Ok(got.then_some(conn))
-        };
-        match tokio::time::timeout(CHECK_TIMEOUT * 2, attempt).await {
-            Ok(Ok(Some(conn))) => {
-                self.session = Some(conn);
-                Ok(true)
+        let timeout = self.check_timeout();
+        let result = tokio::time::timeout(timeout * 2, self.attempt()).await;
+        match result {
+            Ok(Ok(got)) => {
+                if got {
+                    self.held = true;
+                    self.renewed = Instant::now();
+                }
+                Ok(got)
             }
-            // Not granted: the connection is dropped, and with it nothing is held.
-            Ok(Ok(None)) => Ok(false),
-            Ok(Err(e)) => Err(e),
-            Err(_) => anyhow::bail!("timed out trying the leader lock"),
+            Ok(Err(e)) => {
+                self.conn = None;
+                Err(e)
+            }
+            Err(_) => {
+                self.conn = None;
+                anyhow::bail!("timed out trying the leader lock")
+            }
         }
     }
 
-    /// Proves the lock session is alive and reads the desired run state through it.
-    /// On any failure leadership is dropped before the error is returned.
+    /// One attempt on the kept connection; a kept connection that fails (the server ended it
+    /// while idle) is replaced once.
+    async fn attempt(&mut self) -> anyhow::Result<bool> {
+        let kept = self.conn.is_some();
+        match self.try_lock().await {
+            Err(_) if kept => {
+                self.conn = None;
+                self.try_lock().await
+            }
+            result => result,
+        }
+    }
+
+    async fn try_lock(&mut self) -> anyhow::Result<bool> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.connect().await?),
+        };
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(self.key)
+            .fetch_one(conn)
+            .await
+            .context("Failed to try the leader lock")
+    }
+
+    /// Proves the lock session is alive (renewing the lease) and reads the desired run state
+    /// through it. On any failure leadership is dropped before the error is returned.
     pub async fn check(&mut self, autostart: bool) -> anyhow::Result<Desired> {
-        let Some(conn) = self.session.as_mut() else {
+        let timeout = self.check_timeout();
+        let (true, Some(conn)) = (self.held, self.conn.as_mut()) else {
             anyhow::bail!("not the leader");
         };
+        let started = Instant::now();
         let query = sqlx::query_scalar::<_, String>(
             "SELECT desired FROM publisher_control WHERE channel = $1",
         )
         .bind(&self.channel)
-        .fetch_optional(&mut *conn);
-        match tokio::time::timeout(CHECK_TIMEOUT, query).await {
-            Ok(Ok(desired)) => Ok(parse_desired(desired.as_deref(), autostart)),
+        .fetch_optional(conn);
+        let result = tokio::time::timeout(timeout, query).await;
+        histogram!(m::LEADER_CHECK).record(started.elapsed());
+        match result {
+            Ok(Ok(desired)) => {
+                self.renewed = Instant::now();
+                Ok(parse_desired(desired.as_deref(), autostart))
+            }
             Ok(Err(e)) => {
-                self.session = None;
+                self.give_up();
                 Err(anyhow::Error::new(e).context("Failed to read the desired state on the leader-lock session; leadership given up"))
             }
             Err(_) => {
-                self.session = None;
-                anyhow::bail!("the leader-lock session did not answer within {CHECK_TIMEOUT:?}")
+                self.give_up();
+                anyhow::bail!(
+                    "the leader-lock session did not answer within {timeout:?}; leadership given up"
+                )
             }
         }
     }
 
+    /// Drops the lock session without a word: whatever it held, PostgreSQL frees when it sees
+    /// the connection go (or at the lease's end if it cannot see it).
+    fn give_up(&mut self) {
+        self.held = false;
+        self.conn = None;
+    }
+
     /// Releases the lock (graceful shutdown), so a standby takes over without waiting.
     pub async fn release(&mut self) {
-        if let Some(mut conn) = self.session.take() {
-            let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(self.key)
-                .execute(&mut conn);
-            let _ = tokio::time::timeout(CHECK_TIMEOUT, unlock).await;
-            let _ = tokio::time::timeout(CHECK_TIMEOUT, conn.close()).await;
+        let held = std::mem::take(&mut self.held);
+        if let Some(mut conn) = self.conn.take() {
+            let timeout = self.check_timeout();
+            if held {
+                let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(self.key)
+                    .execute(&mut conn);
+                let _ = tokio::time::timeout(timeout, unlock).await;
+            }
+            let _ = tokio::time::timeout(timeout, conn.close()).await;
         }
     }
 }

@@ -2,14 +2,23 @@
 //!
 //! Each cycle: make sure of leadership (try the lock as standby, prove the lock session as
 //! leader), read the desired run state, load the book from Redis when not synced, then tick:
-//! read PostgreSQL, price every event, diff against the book, and publish the delta through the
-//! fenced MULTI/EXEC. Cycles never overlap because they run in this one task. A cycle that
+//! read PostgreSQL, price what was read, diff against the book, and publish the delta through
+//! the fenced MULTI/EXEC. Cycles never overlap because they run in this one task. A cycle that
 //! overruns the interval is counted and the next starts at once; a failed cycle is counted,
 //! logged, and retried with exponential backoff (capped at [`MAX_BACKOFF`]).
+//!
+//! What a tick reads (see [`Read`]): normally only the events that changed since the last
+//! tick (the changed-events query, which consumes the change log); everything when the book
+//! was just loaded from Redis; and everything every `FULL_RESYNC_INTERVAL_MS`, checked against
+//! the incremental book. Each read runs in one REPEATABLE READ transaction that is committed
+//! only after its message is in Redis, so changes consumed by a tick that never published are
+//! still there for the next tick or the next leader.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use anyhow::Context;
+use chrono::{DateTime, Utc};
 use metrics::{counter, gauge, histogram};
 use rand::Rng;
 use tokio::time::Instant;
@@ -17,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::PublisherHandle;
 use super::leader::{Desired, Leader};
-use super::source::Source;
+use super::source::{Changed, Source};
 use crate::bus::{Expect, OddsBus, Outgoing, PublishOutcome, now_ms};
-use crate::odds::{Book, EventView, OddsParams};
+use crate::odds::{Book, EventInput, EventView, OddsParams};
 use crate::telemetry as m;
 
 /// The longest wait between two attempts while a dependency is failing.
@@ -43,6 +52,8 @@ pub struct Scheduler {
     pub heartbeat: Duration,
     /// Longest a tick's query may run.
     pub tick_timeout: Duration,
+    /// Time between full reads that check the incremental book; zero: every tick is full.
+    pub full_resync: Duration,
     /// Desired state when none is stored.
     pub autostart: bool,
     /// Tick early when PostgreSQL notifies `oddsfeed_changes`, at most once per this gap;
@@ -138,6 +149,47 @@ struct LoopState {
     forgotten: Vec<String>,
     /// When this process last put a message on the channel (odds or heartbeat).
     last_sent: Instant,
+    /// The book is not known to match PostgreSQL (just loaded, or a full read did not
+    /// publish): the next tick reads everything.
+    needs_full: bool,
+    /// When the last full read published.
+    last_full: Instant,
+    /// The database's clock when the last published read began: `$1` of the next
+    /// changed-events read.
+    since: Option<DateTime<Utc>>,
+}
+
+/// What a tick reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Only the changed events.
+    Changed,
+    /// Everything, after clearing the change log (a book that may not match PostgreSQL).
+    Full,
+    /// The changed events and everything, in one snapshot: the changes explain some
+    /// differences, any other difference is a change the capture missed.
+    Resync,
+}
+
+impl Read {
+    fn label(self) -> &'static str {
+        match self {
+            Read::Changed => "changed",
+            Read::Full => "full",
+            Read::Resync => "resync",
+        }
+    }
+}
+
+/// What a tick read, and the transaction to commit once it is published.
+struct Reading {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// The database's clock when the transaction began.
+    began: DateTime<Utc>,
+    changed: Option<Changed>,
+    all: Option<Vec<EventInput>>,
+    /// Change-log rows older than this read's snapshot were left for a later tick.
+    backlog: bool,
 }
 
 impl Scheduler {
@@ -149,30 +201,42 @@ impl Scheduler {
             published: None,
             forgotten: Vec::new(),
             last_sent: Instant::now(),
+            needs_full: true,
+            last_full: Instant::now(),
+            since: None,
         };
         // A restarted loop (after a panic) starts from nothing: it is not publishing yet.
         self.set_role(false, false);
         let mut failures: u32 = 0;
         let mut next = Instant::now();
         let changed = self.changed.clone();
-        let mut last_started = Instant::now();
+        let mut last_finished = Instant::now();
         loop {
+            // The leader renews its lease between ticks when the interval is longer than that.
+            let renew = self.leader.renew_at().filter(|at| *at < next);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::time::sleep_until(renew.unwrap_or(next)), if renew.is_some() => {
+                    if let Err(e) = self.leader.check(self.autostart).await {
+                        self.lost_leadership(&mut state, &e);
+                    }
+                    continue;
+                }
                 _ = self.handle.wake.notified() => {}
-                // A change in PostgreSQL: tick now (but never closer than the minimum gap, and
-                // not while backing off from a failure).
-                _ = changed.notified(), if failures == 0 => {
+                // A change in PostgreSQL: the leader ticks now, but never closer than the
+                // minimum gap after the previous tick ended (so a tick longer than the gap
+                // does not make ticks run back to back), and not while backing off.
+                _ = changed.notified(), if failures == 0 && self.leader.is_leader() => {
                     let gap = self.notify_min_gap.unwrap_or_default();
-                    next = next.min((last_started + gap).max(Instant::now()));
+                    next = next.min((last_finished + gap).max(Instant::now()));
                     continue;
                 }
             }
             let started = Instant::now();
-            last_started = started;
             let result = self.cycle(&mut state).await;
+            last_finished = Instant::now();
             let elapsed = started.elapsed();
             match result {
                 Ok(cycle) => {
@@ -215,6 +279,15 @@ impl Scheduler {
         });
     }
 
+    /// The lock session failed: stop publishing at once; the book is reloaded from Redis
+    /// when leadership comes back.
+    fn lost_leadership(&self, state: &mut LoopState, error: &anyhow::Error) {
+        tracing::warn!(%error, "lost leadership");
+        counter!(m::LEADER_CHANGES, "change" => "lost").increment(1);
+        state.book = None;
+        self.set_role(false, false);
+    }
+
     async fn cycle(&mut self, state: &mut LoopState) -> Result<Cycle, CycleError> {
         if !self.leader.is_leader() {
             let acquired = self
@@ -233,10 +306,7 @@ impl Scheduler {
         let desired = match self.leader.check(self.autostart).await {
             Ok(desired) => desired,
             Err(e) => {
-                tracing::warn!("lost leadership");
-                counter!(m::LEADER_CHANGES, "change" => "lost").increment(1);
-                state.book = None;
-                self.set_role(false, false);
+                self.lost_leadership(state, &e);
                 return Err(CycleError::Database(e));
             }
         };
@@ -276,6 +346,8 @@ impl Scheduler {
         let stored = self.bus.load_state().await.map_err(CycleError::Redis)?;
         // Removals the previous book forgot are not this book's to delete.
         state.forgotten.clear();
+        // Whatever the stored state holds, PostgreSQL may have moved on since it was written.
+        state.needs_full = true;
         state.expect = Expect::Book;
         let behind = match (&stored, &state.published) {
             (Some(stored), Some((epoch, seq))) => {
@@ -361,38 +433,117 @@ impl Scheduler {
         Ok(())
     }
 
+    /// What the next tick reads.
+    fn plan(&self, state: &LoopState) -> Read {
+        if state.needs_full || !self.source.incremental() || self.full_resync.is_zero() {
+            Read::Full
+        } else if state.last_full.elapsed() >= self.full_resync {
+            Read::Resync
+        } else {
+            Read::Changed
+        }
+    }
+
+    /// Runs the reads of `plan` in one REPEATABLE READ transaction.
+    async fn read(&self, plan: Read, since: Option<DateTime<Utc>>) -> anyhow::Result<Reading> {
+        if plan == Read::Full {
+            // Everything in the log is covered by the full read that follows.
+            self.source.drain_changes().await?;
+        }
+        let mut tx = self
+            .source
+            .pool()
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .context("Failed to begin the tick's transaction")?;
+        // The first statement takes the snapshot; now() is the transaction's start, so every
+        // change committed before the snapshot is at or after `began`'s predecessors.
+        let began: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+            .fetch_one(&mut *tx)
+            .await
+            .context("Failed to read the database clock")?;
+        let changed = match (plan, since) {
+            (Read::Changed | Read::Resync, Some(since)) => {
+                Some(self.source.read_changed(&mut tx, since).await?)
+            }
+            _ => None,
+        };
+        let all = match plan {
+            Read::Full | Read::Resync => Some(self.source.read_all(&mut tx).await?),
+            Read::Changed => None,
+        };
+        let backlog = plan == Read::Resync
+            && sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM event_changes)")
+                .fetch_one(&mut *tx)
+                .await
+                .context("Failed to look at the change log")?;
+        Ok(Reading {
+            tx,
+            began,
+            changed,
+            all,
+            backlog,
+        })
+    }
+
     /// One tick against `book`, which is advanced when a message went out (returns true).
     async fn tick(&mut self, book: &mut Book, state: &mut LoopState) -> Result<bool, CycleError> {
         let tick_at = now_ms();
         let started = Instant::now();
-        let inputs = tokio::time::timeout(self.tick_timeout, self.source.active_events())
+        let plan = match (self.plan(state), state.since) {
+            // No watermark yet (cannot happen after a full read): read everything.
+            (Read::Changed | Read::Resync, None) => Read::Full,
+            (plan, _) => plan,
+        };
+        let reading = tokio::time::timeout(self.tick_timeout, self.read(plan, state.since))
             .await
             .map_err(|_| {
                 CycleError::Database(anyhow::anyhow!(
-                    "the active-events query took longer than {:?}",
+                    "the tick's read took longer than {:?}",
                     self.tick_timeout
                 ))
             })?
             .map_err(CycleError::Database)?;
         let queried = Instant::now();
+        counter!(m::PUBLISHER_READS, "kind" => plan.label()).increment(1);
+        let Reading {
+            tx,
+            began,
+            changed,
+            all,
+            backlog,
+        } = reading;
 
-        let mut views: Vec<(String, EventView)> = Vec::with_capacity(inputs.len());
         // The metric label of each suspended event, counted below when it becomes suspended.
-        let mut suspended: HashMap<&str, &'static str> = HashMap::new();
-        for input in &inputs {
-            let (view, reason) = input.to_view(&self.params);
-            if let Some(reason) = reason {
-                tracing::debug!(event = %input.id, %reason, "event suspended");
-                suspended.insert(&input.id, reason.label());
+        let mut suspended: HashMap<String, &'static str> = HashMap::new();
+        let mut price = |inputs: &[EventInput]| -> Vec<(String, EventView)> {
+            inputs
+                .iter()
+                .map(|input| {
+                    let (view, reason) = input.to_view(&self.params);
+                    if let Some(reason) = reason {
+                        tracing::debug!(event = %input.id, %reason, "event suspended");
+                        suspended.insert(input.id.clone(), reason.label());
+                    }
+                    (input.id.clone(), view)
+                })
+                .collect()
+        };
+        let changed_views = changed.as_ref().map(|c| (price(&c.events), &c.gone));
+        let all_views = all.as_deref().map(&mut price);
+        let delta = match (&all_views, &changed_views) {
+            (Some(all), changed) => {
+                if let (Some((views, gone)), false) = (changed, backlog) {
+                    count_missed(book, all, views, gone);
+                }
+                book.diff(all)
             }
-            views.push((input.id.clone(), view));
-        }
-        let delta = book.diff(&views);
+            (None, Some((views, gone))) => book.diff_changed(views, gone),
+            (None, None) => None,
+        };
         let computed = Instant::now();
         histogram!(m::TICK_DURATION, "stage" => "query").record(queried - started);
         histogram!(m::TICK_DURATION, "stage" => "compute").record(computed - queried);
-        gauge!(m::EVENTS_ACTIVE).set(views.len() as f64);
-        gauge!(m::EVENTS_SUSPENDED).set(suspended.len() as f64);
 
         let published = match delta {
             None => {
@@ -436,14 +587,35 @@ impl Scheduler {
                 true
             }
         };
+        // The book now holds what was read: the changes it consumed may go. A commit that
+        // fails leaves them in the log, and the next tick reads them again (and finds them
+        // published already).
+        match tokio::time::timeout(self.tick_timeout, tx.commit()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not commit the tick's read; its changes will be read again")
+            }
+            Err(_) => tracing::warn!(
+                "the tick's commit took longer than {:?}; its changes will be read again",
+                self.tick_timeout
+            ),
+        }
+        state.since = Some(began);
+        if plan != Read::Changed {
+            state.needs_full = false;
+            state.last_full = started;
+        }
         let total = started.elapsed();
         histogram!(m::TICK_DURATION, "stage" => "total").record(total);
+        let (active, suspended) = (book.len(), book.suspended());
+        gauge!(m::EVENTS_ACTIVE).set(active as f64);
+        gauge!(m::EVENTS_SUSPENDED).set(suspended as f64);
         let seq = book.seq();
         let published_at = published.then(now_ms);
         self.handle.update(|s| {
             s.ticks += 1;
-            s.active_events = views.len();
-            s.suspended_events = suspended.len();
+            s.active_events = active;
+            s.suspended_events = suspended;
             s.last_tick_at = Some(tick_at);
             s.last_tick_ms = Some(total.as_secs_f64() * 1e3);
             s.seq = Some(seq);
@@ -453,6 +625,55 @@ impl Scheduler {
         });
         Ok(published)
     }
+}
+
+/// Compares a full read with the incremental book plus the changes read in the same snapshot.
+/// An event that differs although no change named it, or that the changed-events query saw
+/// differently from the active-events query, is a change the capture missed: counted and
+/// logged (the full read's delta then publishes the truth).
+fn count_missed(
+    book: &Book,
+    all: &[(String, EventView)],
+    changed: &[(String, EventView)],
+    gone: &[String],
+) {
+    let full: HashMap<&str, &EventView> = all.iter().map(|(id, v)| (id.as_str(), v)).collect();
+    let seen: HashMap<&str, &EventView> = changed.iter().map(|(id, v)| (id.as_str(), v)).collect();
+    let named: HashSet<&str> = seen
+        .keys()
+        .copied()
+        .chain(gone.iter().map(String::as_str))
+        .collect();
+    let mut missed: Vec<&str> = Vec::new();
+    // Differences no change explains.
+    for (id, view) in &full {
+        if !named.contains(id) && book.get(id).is_none_or(|e| e.view != **view) {
+            missed.push(id);
+        }
+    }
+    for event in book.events() {
+        let id = event.id.as_str();
+        if !named.contains(id) && !full.contains_key(id) {
+            missed.push(id);
+        }
+    }
+    // Changes read differently by the two queries.
+    for id in &named {
+        if full.get(id) != seen.get(id) {
+            missed.push(id);
+        }
+    }
+    if missed.is_empty() {
+        return;
+    }
+    missed.sort_unstable();
+    missed.dedup();
+    counter!(m::RESYNC_DIFFERENCES).increment(missed.len() as u64);
+    tracing::warn!(
+        events = missed.len(),
+        first = ?&missed[..missed.len().min(10)],
+        "the full read found events that differ from the incremental book: changes were missed (published now)"
+    );
 }
 
 /// Wait before the next attempt after `failures` consecutive failures: the interval, then

@@ -1,8 +1,9 @@
-//! Reads the active events from PostgreSQL through the active-events SQL file.
+//! Reads events from PostgreSQL through the active-events and changed-events SQL files.
 //!
-//! The query is data, not code: the built-in `sql/active_events.sql` serves our schema,
-//! `sql/prisma/active_events.sql` an existing Prisma-style one, and an operator may point
-//! `ACTIVE_EVENTS_SQL` at any query returning the documented columns (sql/README.md).
+//! The queries are data, not code: the built-in `sql/active_events.sql` and
+//! `sql/changed_events.sql` serve our schema, `sql/prisma/` an existing Prisma-style one, and
+//! an operator may point `ACTIVE_EVENTS_SQL` and `CHANGED_EVENTS_SQL` at any queries returning
+//! the documented columns (sql/README.md).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -10,9 +11,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use futures_util::TryStreamExt;
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, TryStreamExt};
 use metrics::counter;
-use sqlx::{AssertSqlSafe, PgPool, postgres::PgRow};
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{AssertSqlSafe, Either, Executor, PgPool, SqlSafeStr, Statement, TypeInfo};
 
 use super::decode::{self, DecodeError, Timestamp};
 use crate::odds::hybrid::MAX_OUTCOMES;
@@ -22,18 +25,54 @@ use crate::telemetry as m;
 /// The query that ships with the schema in `migrations/`.
 pub const BUILTIN_ACTIVE_EVENTS_SQL: &str = include_str!("../../sql/active_events.sql");
 
-/// The active-events query and the pool it runs on.
+/// The changed-events query that ships with the schema in `migrations/` (it consumes the
+/// `event_changes` log).
+pub const BUILTIN_CHANGED_EVENTS_SQL: &str = include_str!("../../sql/changed_events.sql");
+
+/// Change-log rows deleted per statement when the log is drained before a full read.
+const DRAIN_BATCH: i64 = 50_000;
+
+/// The queries and the pool they run on.
 #[derive(Clone)]
 pub struct Source {
     /// Shared PostgreSQL pool (the leader lock holds its own connection outside it).
     pool: PgPool,
     /// The query text, loaded once at start so a bad path fails at boot, not at the first tick.
     sql: Arc<str>,
+    /// The changed-events query; `None` means every tick reads everything.
+    changed_sql: Option<Arc<str>>,
     /// Optional cap on the number of events published (`MAX_EVENTS`).
     max_events: Option<usize>,
     /// What was already reported, so each problem is logged and counted once when it
     /// appears rather than on every tick.
     reported: Arc<Mutex<Reported>>,
+}
+
+/// What a changed-events read returned.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// The changed events that are active, in publishing order.
+    pub events: Vec<EventInput>,
+    /// The changed events that are not active any more (or were deleted).
+    pub gone: Vec<String>,
+}
+
+impl Changed {
+    /// Every id the read named, active or gone.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.events
+            .iter()
+            .map(|e| e.id.as_str())
+            .chain(self.gone.iter().map(String::as_str))
+    }
+}
+
+/// Which events a read covers, for forgetting reported problems that are gone.
+enum Scope {
+    /// Every active event: problems of events not read are gone.
+    All,
+    /// Only the events read: problems of other events stay as they were.
+    Read,
 }
 
 /// Row problems reported on the previous tick.
@@ -46,51 +85,159 @@ struct Reported {
 }
 
 impl Source {
-    /// Loads the query from `path`, or uses the built-in one.
+    /// Loads the queries: `path` or the built-in active-events query, and `changed` or, with
+    /// the built-in active query, the built-in changed query. With a custom active query and
+    /// no changed query, or with `max_events` (the cap needs the whole order), every tick
+    /// reads everything.
     pub fn new(
         pool: PgPool,
         path: Option<&Path>,
+        changed: Option<&Path>,
         max_events: Option<usize>,
     ) -> anyhow::Result<Self> {
-        let sql: Arc<str> = match path {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("Failed to read ACTIVE_EVENTS_SQL {}", path.display()))?
-                .into(),
+        let read = |path: &Path, name: &str| -> anyhow::Result<Arc<str>> {
+            let sql = std::fs::read_to_string(path)
+                .with_context(|| format!("Failed to read {name} {}", path.display()))?;
+            anyhow::ensure!(!sql.trim().is_empty(), "{name} {} is empty", path.display());
+            Ok(sql.into())
+        };
+        let sql = match path {
+            Some(path) => read(path, "ACTIVE_EVENTS_SQL")?,
             None => BUILTIN_ACTIVE_EVENTS_SQL.into(),
         };
-        anyhow::ensure!(!sql.trim().is_empty(), "the active-events query is empty");
+        let changed_sql = match (changed, path) {
+            (Some(changed), _) => Some(read(changed, "CHANGED_EVENTS_SQL")?),
+            (None, None) => Some(BUILTIN_CHANGED_EVENTS_SQL.into()),
+            (None, Some(_)) => None,
+        };
+        let changed_sql = match (changed_sql, max_events) {
+            (Some(_), Some(max)) => {
+                tracing::info!(
+                    max,
+                    "MAX_EVENTS is set: every tick reads all active events (the cap needs the whole order)"
+                );
+                None
+            }
+            (changed_sql, _) => changed_sql,
+        };
         Ok(Self {
             pool,
             sql,
+            changed_sql,
             max_events,
             reported: Arc::default(),
         })
     }
 
-    /// The pool the query runs on.
+    /// The pool the queries run on.
     pub fn pool(&self) -> PgPool {
         self.pool.clone()
     }
 
-    /// Runs the query and groups its rows into events by id, in the order each id first
-    /// appears (the publishing order). A row that cannot be read hurts only its event (which is
-    /// suspended with the column in its reason); a column whose type cannot be read at all
-    /// fails the tick with a message naming the column and the cast to add.
-    #[tracing::instrument(skip(self), level = "debug")]
+    /// Whether ticks can read only what changed.
+    pub fn incremental(&self) -> bool {
+        self.changed_sql.is_some()
+    }
+
+    /// Runs the active-events query on a connection of the pool (see [`Source::read_all`]).
     pub async fn active_events(&self) -> anyhow::Result<Vec<EventInput>> {
-        let mut rows = sqlx::query(AssertSqlSafe(self.sql.clone())).fetch(&self.pool);
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .context("Failed to connect to PostgreSQL")?;
+        self.read_all(&mut conn).await
+    }
+
+    /// Runs the active-events query and groups its rows into events by id, in the order each
+    /// id first appears (the publishing order). A row that cannot be read hurts only its event
+    /// (which is suspended with the column in its reason); a column whose type cannot be read
+    /// at all fails the tick with a message naming the column and the cast to add.
+    #[tracing::instrument(skip_all, level = "debug")]
+    pub async fn read_all(&self, conn: &mut PgConnection) -> anyhow::Result<Vec<EventInput>> {
+        let rows = sqlx::query(AssertSqlSafe(self.sql.clone())).fetch(conn);
+        let read = self
+            .collect(rows, Scope::All)
+            .await
+            .context("Failed to run the active-events query")?;
+        Ok(read.events)
+    }
+
+    /// Runs the changed-events query (which may consume a change log: run it in the
+    /// transaction that commits once the result is published). `since` is bound to `$1` when
+    /// the query has it: `timestamptz`, or `timestamp` (then as UTC).
+    #[tracing::instrument(skip_all, level = "debug")]
+    pub async fn read_changed(
+        &self,
+        conn: &mut PgConnection,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<Changed> {
+        let Some(sql) = &self.changed_sql else {
+            anyhow::bail!("no changed-events query is configured");
+        };
+        let statement = (&mut *conn)
+            .prepare(AssertSqlSafe(sql.clone()).into_sql_str())
+            .await
+            .context("Failed to prepare the changed-events query")?;
+        let types = match statement.parameters() {
+            Some(Either::Left(types)) => types.to_vec(),
+            _ => Vec::new(),
+        };
+        let query = match types.as_slice() {
+            [] => statement.query(),
+            [t] if t.name() == "TIMESTAMPTZ" => statement.query().bind(since),
+            [t] if t.name() == "TIMESTAMP" => statement.query().bind(since.naive_utc()),
+            [t] => anyhow::bail!(
+                "the changed-events query's $1 is {}; it must be a time (write $1::timestamptz)",
+                t.name()
+            ),
+            more => anyhow::bail!(
+                "the changed-events query takes {} parameters; it may use only $1 (timestamptz)",
+                more.len()
+            ),
+        };
+        self.collect(query.fetch(conn), Scope::Read)
+            .await
+            .context("Failed to run the changed-events query")
+    }
+
+    /// Deletes the whole change log in bounded statements (before a full read, which covers
+    /// every change committed so far). Returns the rows deleted.
+    pub async fn drain_changes(&self) -> anyhow::Result<u64> {
+        let mut drained = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM event_changes WHERE id = ANY (ARRAY(SELECT id FROM event_changes ORDER BY id LIMIT $1))",
+            )
+            .bind(DRAIN_BATCH)
+            .execute(&self.pool)
+            .await
+            .context("Failed to clear the change log (event_changes; run `oddsfeed migrate`)")?
+            .rows_affected();
+            drained += done;
+            if done < DRAIN_BATCH as u64 {
+                return Ok(drained);
+            }
+        }
+    }
+
+    /// Groups rows into events by id (see [`Source::read_all`]). In [`Scope::Read`] each row
+    /// also has `active`; rows of inactive events only name the event as gone.
+    async fn collect(
+        &self,
+        mut rows: impl Stream<Item = Result<PgRow, sqlx::Error>> + Unpin,
+        scope: Scope,
+    ) -> anyhow::Result<Changed> {
+        let with_active = matches!(scope, Scope::Read);
+        let mut gone: Vec<String> = Vec::new();
         let mut events: Vec<EventInput> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut reports: HashMap<String, Vec<Note>> = HashMap::new();
         let mut null_ids = 0usize;
         let mut checked_columns = false;
-        while let Some(row) = rows
-            .try_next()
-            .await
-            .context("Failed to run the active-events query")?
-        {
+        while let Some(row) = rows.try_next().await? {
             if !checked_columns {
-                check_columns(&row)?;
+                check_columns(&row, with_active)?;
                 checked_columns = true;
             }
             // A row without a readable id cannot be attributed to any event: it is skipped.
@@ -98,10 +245,16 @@ impl Source {
                 null_ids += 1;
                 continue;
             };
+            if with_active && !active(&row)? {
+                if !gone.iter().any(|id| id == event_id.as_ref()) {
+                    gone.push(event_id.into_owned());
+                }
+                continue;
+            }
             let position = match index.get(event_id.as_ref()) {
                 Some(&i) => i,
                 None => {
-                    if self.max_events.is_some_and(|max| events.len() >= max) {
+                    if !with_active && self.max_events.is_some_and(|max| events.len() >= max) {
                         continue;
                     }
                     let mut event_notes = Vec::new();
@@ -130,15 +283,33 @@ impl Source {
                     .push(Note::suspended(reason));
             }
         }
-        self.report(reports, null_ids);
-        Ok(events)
+        let read = match scope {
+            Scope::All => None,
+            Scope::Read => Some(
+                index
+                    .keys()
+                    .map(String::as_str)
+                    .chain(gone.iter().map(String::as_str))
+                    .collect::<std::collections::HashSet<&str>>(),
+            ),
+        };
+        self.report(reports, null_ids, read.as_ref());
+        Ok(Changed { events, gone })
     }
 
     /// Logs and counts each event's row problems once, when they appear (not every tick), and
-    /// forgets events whose problems are gone so a recurrence is reported again.
-    fn report(&self, current: HashMap<String, Vec<Note>>, null_ids: usize) {
+    /// forgets events whose problems are gone so a recurrence is reported again. `read` limits
+    /// the forgetting to the events a changed-events read covered.
+    fn report(
+        &self,
+        current: HashMap<String, Vec<Note>>,
+        null_ids: usize,
+        read: Option<&std::collections::HashSet<&str>>,
+    ) {
         let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-        reported.events.retain(|id, _| current.contains_key(id));
+        reported.events.retain(|id, _| {
+            current.contains_key(id) || read.is_some_and(|read| !read.contains(id.as_str()))
+        });
         for (id, notes) in current {
             let signature: String = notes
                 .iter()
@@ -162,7 +333,10 @@ impl Source {
                 "active-events query returned rows with a NULL or unreadable event_id; they are skipped"
             );
         }
-        reported.null_ids = null_ids > 0;
+        // A partial read says nothing about rows it did not read.
+        if read.is_none() || null_ids > 0 {
+            reported.null_ids = null_ids > 0;
+        }
     }
 }
 
@@ -187,21 +361,33 @@ pub const COLUMNS: [&str; 17] = [
     "pending_volume",
 ];
 
+/// The extra column of the changed-events query: whether the event is active now.
+pub const ACTIVE_COLUMN: &str = "active";
+
 /// Names every missing column at once, so an operator fixes the query in one go.
-fn check_columns(row: &PgRow) -> anyhow::Result<()> {
+fn check_columns(row: &PgRow, with_active: bool) -> anyhow::Result<()> {
     use sqlx::{Column, Row};
     let present: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
     let missing: Vec<&str> = COLUMNS
         .into_iter()
+        .chain(with_active.then_some(ACTIVE_COLUMN))
         .filter(|c| !present.contains(c))
         .collect();
     anyhow::ensure!(
         missing.is_empty(),
-        "active-events query: missing column(s) {} (it returns {}; see sql/README.md)",
+        "missing column(s) {} (the query returns {}; see sql/README.md)",
         missing.join(", "),
         present.join(", ")
     );
     Ok(())
+}
+
+/// The `active` column of a changed-events row; NULL counts as not active.
+fn active(row: &PgRow) -> anyhow::Result<bool> {
+    match decode::boolean(row, ACTIVE_COLUMN) {
+        Ok(v) => Ok(v.unwrap_or(false)),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
 }
 
 /// Something about an event's source rows that an operator should hear of once.

@@ -1056,3 +1056,102 @@ pub fn spawn_price_churn(
         }
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// A TCP proxy that can freeze: a network partition in userspace.
+
+/// Forwards connections from its own port to `target`. While frozen it forwards nothing in
+/// either direction and keeps every connection open, as a partitioned network would: peers see
+/// silence, not a reset.
+pub struct FreezableProxy {
+    pub addr: std::net::SocketAddr,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezableProxy {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = frozen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Self::pump(cr, sw, flag.clone()));
+                tokio::spawn(Self::pump(sr, cw, flag.clone()));
+            }
+        });
+        Self { addr, frozen, task }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            while frozen.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // Bytes read just as the freeze began are held until it ends.
+            while frozen.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `url` with its host and port replaced by the proxy's.
+    pub fn url_for(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let (userinfo, _) = authority
+            .rsplit_once('@')
+            .map_or(("", authority), |(u, h)| (u, h));
+        let at = if userinfo.is_empty() { "" } else { "@" };
+        let slash = if path.is_empty() && !url.ends_with('/') {
+            ""
+        } else {
+            "/"
+        };
+        format!("{scheme}://{userinfo}{at}{}{slash}{path}", self.addr)
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The host:port of a URL such as `postgres://user@127.0.0.1:5432/db`.
+pub fn url_addr(url: &str) -> std::net::SocketAddr {
+    let rest = url.split_once("://").unwrap().1;
+    let authority = rest.split('/').next().unwrap();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host.parse()
+        .unwrap_or_else(|_| panic!("{host} is not an address"))
+}

@@ -35,7 +35,7 @@ pub async fn tick(
         oddsfeed::db::migrate(&pool).await?;
         let seeded = oddsfeed::sim::seed::seed(&pool, events, 42, false).await?;
         sqlx::query("ANALYZE").execute(&pool).await?;
-        let source = Source::new(pool.clone(), None, None)?;
+        let source = Source::new(pool.clone(), None, None, None)?;
         let channel = format!("bench-{}", std::process::id());
         let mut bus = OddsBus::new(oddsfeed::bus::connection(redis_url)?, channel.clone());
         let params = OddsParams::default();

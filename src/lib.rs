@@ -3,7 +3,7 @@
 //! The flow runs one way (reference: `docs/PROTOCOL.md`):
 //!
 //! ```text
-//! PostgreSQL ─(sql/active_events.sql every tick, or at once on NOTIFY)─▶ publisher::source
+//! PostgreSQL ─(sql/changed_events.sql every tick or at once on NOTIFY; sql/active_events.sql on a full read)─▶ publisher::source
 //!   ─▶ odds::hybrid (pure) ─▶ odds::book (published state, diff) ─▶ bus::redis
 //!   (WATCH meta; MULTI HSET/HDEL state, HSET meta, PUBLISH sports-odds; EXEC)
 //!   ─▶ broadcaster::relay (copy of the book, seq check, resync from the state keys)
@@ -18,7 +18,7 @@
 //! |---|---|
 //! | [`config`] | the one `Config` (clap + env), subcommands, documented defaults |
 //! | [`odds`] | pure domain: [`odds::hybrid`] formula, [`odds::event`] wire types, [`odds::book`] state + diff |
-//! | [`publisher`] | [`publisher::source`] SQL reads grouped by event id, [`publisher::decode`] tolerant column decoding, [`publisher::scheduler`] tick loop, [`publisher::leader`] advisory lock, [`publisher::control`] HTTP start/stop/status |
+//! | [`publisher`] | [`publisher::source`] SQL reads (all, or changed) grouped by event id, [`publisher::decode`] tolerant column decoding, [`publisher::scheduler`] tick loop (which read, one transaction per tick, resync check), [`publisher::leader`] advisory lock under a lease, [`publisher::control`] HTTP start/stop/status |
 //! | [`broadcaster`] | [`broadcaster::relay`] Redis → hub, [`broadcaster::inbox`] its bounded queue, [`broadcaster::rooms`] hub and fan-out, [`broadcaster::room_name`] odds room names, [`broadcaster::admission`] caps, [`broadcaster::upgrade`] handshake, [`broadcaster::session`] one connection's life, [`broadcaster::outbox`] bounded send queue and who writes the socket, [`broadcaster::fanout`] threads that write room frames into the sockets of clients that keep up, [`broadcaster::writer`] a client's own writes and deadlines, [`broadcaster::frame`] encoded frames, [`broadcaster::changes`] the changes format, [`broadcaster::deflate`] and [`broadcaster::inflate`] permessage-deflate, [`broadcaster::protocol`] messages, [`broadcaster::auth`] JWT; also serves the odds board (`web/board.html`) at `/` |
 //! | [`bus`] | [`bus::redis`]: fenced MULTI/EXEC publish with the state keys, heartbeats, state loading |
 //! | [`net`] | [`net::listener`] accept loop and the life of a connection before it upgrades (timeouts, pending cap, backlog, TLS), [`net::client_addr`] client address behind trusted proxies, [`net::open_files`] descriptor limit, [`net::tls`] certificates, [`net::shared_tcp`] one socket read and written through shared handles |

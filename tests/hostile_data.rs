@@ -411,3 +411,85 @@ async fn a_nan_bet_amount_is_refused_and_an_old_one_heals_when_settled() {
     drop(server);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prisma_query_pair_reads_only_what_changed_by_updated_at() {
+    let db = TestDb::new().await;
+    db.exec(&prisma_schema("text", "timestamp(3)", "double precision"))
+        .await;
+    // Prisma's @updatedAt: a timestamp(3) in UTC, written by the client on every update.
+    db.exec(
+        r#"ALTER TABLE "Event" ADD COLUMN "updatedAt" timestamp(3) NOT NULL DEFAULT (now() AT TIME ZONE 'UTC');
+           ALTER TABLE "Bet" ADD COLUMN "updatedAt" timestamp(3) NOT NULL DEFAULT (now() AT TIME ZONE 'UTC');
+           CREATE INDEX ON "Event" ("updatedAt"); CREATE INDEX ON "Bet" ("updatedAt");"#,
+    )
+    .await;
+    db.exec(&prisma_rows("'p1'", "'p2'")).await;
+    let (mut env, channel) = publisher_env(&db, &redis_url());
+    env.push(("ACTIVE_EVENTS_SQL", prisma_sql()));
+    env.push((
+        "CHANGED_EVENTS_SQL",
+        prisma_sql().replace("active_events.sql", "changed_events.sql"),
+    ));
+    env.push(("FULL_RESYNC_INTERVAL_MS", "3600000".into()));
+    let mut sub = Subscriber::new(&redis_url(), &channel).await;
+    let server = Server::start(&["publisher"], &env).await;
+    let first = sub.next_odds(WAIT).await.expect("a first odds message");
+    assert_eq!(upserts(&first).len(), 2, "{first}");
+
+    let now = "now() AT TIME ZONE 'UTC'";
+    // A price written the way Prisma writes it.
+    db.exec(&format!(
+        r#"UPDATE "Event" SET "yesOdds" = 0.3, "noOdds" = 0.7, "updatedAt" = {now} WHERE id = 'p2'"#
+    ))
+    .await;
+    let msg = sub.next_odds(WAIT).await.expect("the price change");
+    assert_eq!(probabilities_of(&upserts(&msg)["p2"])["YES"], 0.3);
+    // A bet placed, then one settled: each moves p1's price, and only p1 is published.
+    for write in [
+        r#"INSERT INTO "Bet" ("eventId", option, amount) VALUES ('p1', 'NO', 5000)"#.to_string(),
+        format!(
+            r#"UPDATE "Bet" SET status = 'WON', "updatedAt" = {now} WHERE "eventId" = 'p1' AND amount = 750"#
+        ),
+    ] {
+        let before = stored_state(&redis_url(), &channel).await.1["p1"].clone();
+        db.exec(&write).await;
+        let msg = sub.next_odds(WAIT).await.expect("the bet's effect");
+        let changed = upserts(&msg);
+        assert_eq!(changed.keys().collect::<Vec<_>>(), ["p1"], "{msg}");
+        assert_ne!(probabilities_of(&changed["p1"]), probabilities_of(&before));
+    }
+    // An event resolved is removed.
+    db.exec(&format!(
+        r#"UPDATE "Event" SET status = 'RESOLVED', "updatedAt" = {now} WHERE id = 'p2'"#
+    ))
+    .await;
+    let msg = sub.next_odds(WAIT).await.expect("the removal");
+    assert_eq!(removals(&msg), ["p2"]);
+
+    // The stored state is what the full query computes, and it was reached incrementally.
+    let source = oddsfeed::publisher::Source::new(
+        db.pool.clone(),
+        Some(std::path::Path::new(&prisma_sql())),
+        None,
+        None,
+    )
+    .unwrap();
+    let expected: Vec<String> = source
+        .active_events()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let (_, stored) = stored_state(&redis_url(), &channel).await;
+    assert_eq!(stored.keys().cloned().collect::<Vec<_>>(), expected);
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "oddsfeed_publisher_reads_total{kind=\"full\"}"),
+        1.0
+    );
+    assert!(metric_value(&metrics, "oddsfeed_publisher_reads_total{kind=\"changed\"}") > 3.0);
+    drop(server);
+    db.drop_db().await;
+}

@@ -519,16 +519,8 @@ impl Config {
     /// publishers of different channels on one database do not contend.
     pub fn leader_lock_key(&self) -> i64 {
         self.leader_lock_key.unwrap_or_else(|| {
-            // FNV-1a: stable across builds and platforms, unlike std's hasher.
-            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-            for byte in b"oddsfeed-leader:"
-                .iter()
-                .chain(self.odds_channel.as_bytes())
-            {
-                hash ^= u64::from(*byte);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-            i64::from_ne_bytes(hash.to_ne_bytes())
+            let name = format!("oddsfeed-leader:{}", self.odds_channel);
+            crate::publisher::leader::lock_key(name.as_bytes())
         })
     }
 }

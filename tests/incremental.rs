@@ -104,6 +104,7 @@ async fn writer(pool: PgPool, seed: u64, time: Duration) -> usize {
     let mut rng = StdRng::seed_from_u64(seed);
     let deadline = Instant::now() + time;
     let mut committed = 0;
+    let mut conn = pool.acquire().await.unwrap();
     while Instant::now() < deadline {
         let writes: Vec<String> = (0..rng.random_range(1..4))
             .map(|_| random_write(&mut rng))
@@ -407,5 +408,43 @@ async fn a_partitioned_leader_hands_over_within_its_lease_with_contiguous_seqs()
     assert_eq!(status["isPublishing"], false, "{status}");
     drop(leader);
     drop(standby);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_odds_channels_on_one_database_both_stay_complete() {
+    let db = TestDb::new().await;
+    seed(&db).await;
+    let (env_a, channel_a) = incremental_env(&db);
+    let (env_b, channel_b) = incremental_env(&db);
+    let a = Server::start(&["publisher"], &env_a).await;
+    wait_published(&redis_url(), &channel_a).await;
+    let b = Server::start(&["publisher"], &env_b).await;
+    wait_published(&redis_url(), &channel_b).await;
+
+    let seed: u64 = rand::rng().random();
+    eprintln!("writer seed {seed}");
+    assert!(writer(db.pool.clone(), seed, Duration::from_secs(2)).await > 20);
+    // The change log has one reader: the other channel reads everything, and neither stream
+    // loses a change to the other.
+    let expected = recomputed(&db).await;
+    for channel in [&channel_a, &channel_b] {
+        eventually(
+            WAIT,
+            "the channel to match a full recomputation",
+            || async {
+                (views(&stored_state(&redis_url(), channel).await.1) == expected).then_some(())
+            },
+        )
+        .await;
+    }
+    let changed =
+        |metrics: &str| metric_value(metrics, "oddsfeed_publisher_reads_total{kind=\"changed\"}");
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    assert!(changed(&ma) > 0.0, "the first leader reads changes");
+    assert_eq!(changed(&mb), 0.0, "the second reads everything");
+    assert!(b.log_text().contains("reads the change log"));
+    drop(a);
+    drop(b);
     db.drop_db().await;
 }

@@ -14,6 +14,11 @@
 //! The Redis fence (see `bus::redis`) covers any instant in between.
 //!
 //! A standby keeps one connection for its attempts instead of opening one per attempt.
+//!
+//! The change log (`event_changes`) is consumed, so exactly one publisher per database may read
+//! it: a leader also takes a second advisory lock, [`CHANGE_LOG_LOCK`], on the same session.
+//! The leader of another odds channel on the same database does not get it and reads every
+//! event on every tick instead.
 
 use std::time::Duration;
 
@@ -24,6 +29,20 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::time::Instant;
 
 use crate::telemetry as m;
+
+/// An advisory-lock key for `name`: FNV-1a, stable across builds and platforms, unlike std's
+/// hasher.
+pub fn lock_key(name: &[u8]) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// The name of the lock that makes a leader the one reader of the change log.
+pub const CHANGE_LOG_LOCK: &[u8] = b"oddsfeed-change-log";
 
 /// What the leader learns each time it checks its lock session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +66,8 @@ pub struct Leader {
     conn: Option<PgConnection>,
     /// The lock is held on `conn`.
     held: bool,
+    /// The change-log lock is held on `conn` too.
+    reads_log: bool,
     /// When the last check (or the acquisition) succeeded.
     renewed: Instant,
 }
@@ -65,12 +86,18 @@ impl Leader {
             lease,
             conn: None,
             held: false,
+            reads_log: false,
             renewed: Instant::now(),
         }
     }
 
     pub fn is_leader(&self) -> bool {
         self.held
+    }
+
+    /// Whether this leader is the one that may consume the change log.
+    pub fn reads_log(&self) -> bool {
+        self.held && self.reads_log
     }
 
     /// Longest a statement on the lock session may take: half the lease.
@@ -125,6 +152,7 @@ impl Leader {
                 if got {
                     self.held = true;
                     self.renewed = Instant::now();
+                    self.reads_log = self.try_log_lock().await?;
                 }
                 Ok(got)
             }
@@ -164,6 +192,29 @@ impl Leader {
             .context("Failed to try the leader lock")
     }
 
+    /// Takes the change-log lock on the lock session; false when another publisher on this
+    /// database holds it (logged).
+    async fn try_log_lock(&mut self) -> anyhow::Result<bool> {
+        let timeout = self.check_timeout();
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(false);
+        };
+        let query = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(lock_key(CHANGE_LOG_LOCK))
+            .fetch_one(conn);
+        let got: bool = match tokio::time::timeout(timeout, query).await {
+            Ok(result) => result.context("Failed to try the change-log lock"),
+            Err(_) => Err(anyhow::anyhow!("timed out trying the change-log lock")),
+        }
+        .inspect_err(|_| self.give_up())?;
+        if !got {
+            tracing::warn!(
+                "another publisher on this database (another ODDS_CHANNEL) reads the change log: this one reads every event on every tick"
+            );
+        }
+        Ok(got)
+    }
+
     /// Proves the lock session is alive (renewing the lease) and reads the desired run state
     /// through it. On any failure leadership is dropped before the error is returned.
     pub async fn check(&mut self, autostart: bool) -> anyhow::Result<Desired> {
@@ -201,18 +252,18 @@ impl Leader {
     /// the connection go (or at the lease's end if it cannot see it).
     fn give_up(&mut self) {
         self.held = false;
+        self.reads_log = false;
         self.conn = None;
     }
 
     /// Releases the lock (graceful shutdown), so a standby takes over without waiting.
     pub async fn release(&mut self) {
         let held = std::mem::take(&mut self.held);
+        self.reads_log = false;
         if let Some(mut conn) = self.conn.take() {
             let timeout = self.check_timeout();
             if held {
-                let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(self.key)
-                    .execute(&mut conn);
+                let unlock = sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut conn);
                 let _ = tokio::time::timeout(timeout, unlock).await;
             }
             let _ = tokio::time::timeout(timeout, conn.close()).await;

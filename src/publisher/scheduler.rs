@@ -315,6 +315,12 @@ impl Scheduler {
             if state.book.take().is_some() {
                 tracing::info!("publisher stopped by request");
             }
+            // The first tick after a start reads everything, so the log need not grow.
+            if self.leader.reads_log()
+                && let Err(error) = self.source.drain_changes().await
+            {
+                tracing::debug!(%error, "could not clear the change log while stopped");
+            }
             self.set_role(true, false);
             return Ok(Cycle::Stopped);
         }
@@ -435,7 +441,8 @@ impl Scheduler {
 
     /// What the next tick reads.
     fn plan(&self, state: &LoopState) -> Read {
-        if state.needs_full || !self.source.incremental() || self.full_resync.is_zero() {
+        let incremental = self.source.incremental() && self.leader.reads_log();
+        if state.needs_full || !incremental || self.full_resync.is_zero() {
             Read::Full
         } else if state.last_full.elapsed() >= self.full_resync {
             Read::Resync
@@ -446,7 +453,7 @@ impl Scheduler {
 
     /// Runs the reads of `plan` in one REPEATABLE READ transaction.
     async fn read(&self, plan: Read, since: Option<DateTime<Utc>>) -> anyhow::Result<Reading> {
-        if plan == Read::Full {
+        if plan == Read::Full && self.leader.reads_log() {
             // Everything in the log is covered by the full read that follows.
             self.source.drain_changes().await?;
         }

@@ -116,13 +116,15 @@ async fn writer(pool: PgPool, seed: u64, time: Duration) -> usize {
             if rollback { "ROLLBACK" } else { "COMMIT" }
         );
         // Concurrent writers deadlock now and then: PostgreSQL aborts one, which is fine.
-        if sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&pool)
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
             .await
-            .is_ok()
-            && !rollback
         {
-            committed += 1;
+            Ok(_) if !rollback => committed += 1,
+            Ok(_) => {}
+            Err(_) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.unwrap();
+            }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
     }

@@ -1,4 +1,4 @@
-//! Tolerant decoding of the active-events query's columns.
+//! Tolerant decoding of the columns of the active-events and changed-events queries.
 //!
 //! Operators point oddsfeed at schemas we did not write: Prisma's `timestamp(3)` or
 //! `timestamptz`, `Decimal` (`numeric`), `real`, integer or uuid ids, enums and `citext`. Each
@@ -63,7 +63,7 @@ impl fmt::Display for DecodeError {
         match self {
             DecodeError::Type { column, detail } => write!(
                 f,
-                "active-events query: column {column:?} {detail} (see sql/README.md)"
+                "column {column:?} {detail} (see sql/README.md)"
             ),
             DecodeError::Value { column, detail } => write!(f, "column {column:?}: {detail}"),
         }

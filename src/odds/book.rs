@@ -22,6 +22,8 @@ pub struct Book {
     sport_seqs: BTreeMap<String, u64>,
     /// The events as last published, by id.
     events: HashMap<String, Event>,
+    /// How many of `events` are suspended (kept with them, so a tick need not count).
+    suspended: usize,
     /// Events that left the active set: the version their removal carried and the global seq
     /// of that message. An event that comes back continues from here (docs/PROTOCOL.md: removed at
     /// v+1, back at v+2), and an `event:<id>` room of a removed event knows its seq.
@@ -90,6 +92,7 @@ impl Book {
             seq: 0,
             sport_seqs: BTreeMap::new(),
             events: HashMap::new(),
+            suspended: 0,
             removed: HashMap::new(),
             removed_order: BTreeSet::new(),
         }
@@ -108,9 +111,11 @@ impl Book {
             seq,
             sport_seqs,
             events: events.into_iter().map(|e| (e.id.clone(), e)).collect(),
+            suspended: 0,
             removed: HashMap::new(),
             removed_order: BTreeSet::new(),
         };
+        book.suspended = book.events.values().filter(|e| e.view.suspended).count();
         for (id, r) in removed {
             if !book.events.contains_key(&id) {
                 book.remember_removal(id, r);
@@ -295,7 +300,7 @@ impl Book {
 
     /// Number of published events that are suspended.
     pub fn suspended(&self) -> usize {
-        self.events.values().filter(|e| e.view.suspended).count()
+        self.suspended
     }
 
     /// Commits a delta produced by [`Book::diff`] on this book (its events move in). Returns
@@ -314,6 +319,7 @@ impl Book {
                 let Some(event) = self.events.remove(id) else {
                     continue;
                 };
+                self.suspended -= usize::from(event.view.suspended);
                 let version = block
                     .removal_versions
                     .get(id)
@@ -326,7 +332,10 @@ impl Book {
         for block in delta.sports.into_values() {
             for event in block.upserts {
                 self.forget_removal(&event.id);
-                self.events.insert(event.id.clone(), event);
+                self.suspended += usize::from(event.view.suspended);
+                if let Some(old) = self.events.insert(event.id.clone(), event) {
+                    self.suspended -= usize::from(old.view.suspended);
+                }
             }
         }
         self.forget_oldest_removals()
@@ -521,6 +530,46 @@ mod tests {
                 for (id, v) in &current {
                     prop_assert_eq!(&book.get(id).unwrap().view, v);
                 }
+            }
+        }
+
+        /// A read of only what changed (plus some ids that did not) proposes exactly the
+        /// delta a full read does, and the suspended count stays what a recount gives.
+        #[test]
+        fn a_changed_read_proposes_what_a_full_read_does(ticks in prop::collection::vec(
+            (prop::collection::vec((0u8..6, 0u8..3, 0u8..5), 0..6), prop::collection::vec(0u8..6, 0..3)),
+            1..20)) {
+            let sports = ["football", "tennis", "esports"];
+            let mut book = Book::new("e");
+            for (tick, extra) in ticks {
+                let mut current: Vec<(String, EventView)> = Vec::new();
+                for (id, sport, p) in tick {
+                    let id = format!("e{id}");
+                    if current.iter().any(|(i, _)| *i == id) { continue; }
+                    let mut v = view(sports[sport as usize], f64::from(p) / 4.0);
+                    v.suspended = p == 4;
+                    current.push((id, v));
+                }
+                let differs = |id: &str, v: Option<&EventView>| book.get(id).map(|e| &e.view) != v;
+                let named = |id: &str| {
+                    let v = current.iter().find(|(i, _)| i == id).map(|(_, v)| v);
+                    differs(id, v) || extra.iter().any(|x| format!("e{x}") == id)
+                };
+                let changed: Vec<(String, EventView)> =
+                    current.iter().filter(|(id, _)| named(id)).cloned().collect();
+                let gone: Vec<String> = book
+                    .events()
+                    .map(|e| e.id.clone())
+                    .chain(extra.iter().map(|x| format!("e{x}")))
+                    .filter(|id| !current.iter().any(|(i, _)| i == id) && named(id))
+                    .collect();
+                let full = book.diff(&current);
+                prop_assert_eq!(&book.diff_changed(&changed, &gone), &full);
+                if let Some(delta) = full {
+                    book.apply(delta);
+                }
+                let recount = book.events().filter(|e| e.view.suspended).count();
+                prop_assert_eq!(book.suspended(), recount);
             }
         }
     }

@@ -61,10 +61,9 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::Type { column, detail } => write!(
-                f,
-                "column {column:?} {detail} (see sql/README.md)"
-            ),
+            DecodeError::Type { column, detail } => {
+                write!(f, "column {column:?} {detail} (see sql/README.md)")
+            }
             DecodeError::Value { column, detail } => write!(f, "column {column:?}: {detail}"),
         }
     }

@@ -1,9 +1,15 @@
 //! `oddsfeed-bench`: numbers, not timed tests.
 //!
 //! - `tick --events N` ([`tick`]): creates a scratch database, seeds N active events, and runs
-//!   ticks exactly as the scheduler does (query → price → diff → fenced publish to Redis), with a
+//!   ticks exactly as the scheduler does, in both read modes (full: every active event;
+//!   incremental: the changed-events query consuming the change log), each in its REPEATABLE
+//!   READ transaction (query → price → diff → fenced publish to Redis → commit), with a
 //!   simulator round between ticks so every tick has something to publish; each stage's
-//!   p50/p90/p99/max.
+//!   p50/p90/p99/max per mode.
+//! - `commit --url ws://… --database-url …` ([`commit`]): commit → WebSocket client latency
+//!   against a running server: commits a price change and waits for the `odds` frame that
+//!   carries it; optionally under a background load of N changes/s, reported per window with
+//!   the change-log size and the server's tick metrics.
 //! - `ws --clients N` ([`ws`]): opens N WebSocket clients against a running server from worker
 //!   processes ([`ws_worker`], at most `--per-process` sockets each) spread over source addresses
 //!   127.0.0.x, subscribes them across rooms, and over a measurement window reports frames/s,
@@ -11,6 +17,7 @@
 //!   `publishedAtUs`), seq gaps, and the server's CPU per delivered frame and memory per
 //!   connection. Results and commands go to BENCHMARKS.md.
 
+mod commit;
 mod histogram;
 mod tick;
 mod ws;
@@ -29,27 +36,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Cost of one publisher tick at a given number of active events.
-    Tick {
-        /// Active events to seed.
-        #[arg(long, default_value_t = 300)]
-        events: usize,
-        /// Ticks to measure.
-        #[arg(long, default_value_t = 200)]
-        ticks: usize,
-        /// Simulator changes between two ticks (price moves and bets).
-        #[arg(long, default_value_t = 10)]
-        changes: usize,
-        /// Superuser URL without a database; a scratch database is created and dropped.
-        #[arg(
-            long,
-            env = "PG_ADMIN_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432"
-        )]
-        pg_admin_url: String,
-        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-        redis_url: String,
-    },
+    /// Cost of one publisher tick at a given number of active events, full and incremental.
+    Tick(tick::TickArgs),
+    /// Commit-to-client latency against a running server (optionally under a background load).
+    Commit(commit::CommitArgs),
     /// Publish-to-client latency with many WebSocket clients against a running server.
     Ws(ws::WsArgs),
     /// One worker process of `ws` (started by it; reads `start`/`stop` on stdin).
@@ -60,25 +50,23 @@ enum Bench {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Bench::Tick {
-            events,
-            ticks,
-            changes,
-            pg_admin_url,
-            redis_url,
-        } => tick::tick(events, ticks, changes, &pg_admin_url, &redis_url).await,
+        Bench::Tick(args) => tick::tick(args).await,
+        Bench::Commit(args) => commit::run(args).await,
         Bench::Ws(args) => ws::run(args).await,
         Bench::WsWorker(args) => ws_worker::run(args).await,
     }
 }
 
+/// The quantile `q` of sorted durations, in milliseconds (0 when there are none).
+fn quantile_ms(sorted: &[Duration], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
 /// p50, p90, p99 and max of durations, in milliseconds.
 fn summary(samples: &mut [Duration]) -> String {
     samples.sort();
-    let at = |q: f64| {
-        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
-        samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    };
+    let at = |q: f64| quantile_ms(samples, q);
     format!(
         "p50 {:7.3} ms   p90 {:7.3} ms   p99 {:7.3} ms   max {:7.3} ms",
         at(0.5),

@@ -76,7 +76,7 @@ fn sum_over<F: Fn(u32) -> Option<u64>>(pids: &[u32], f: F) -> Option<u64> {
 }
 
 /// The address and path of a `ws://` URL.
-fn parse_url(url: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
+pub(crate) fn parse_url(url: &str) -> anyhow::Result<(std::net::SocketAddr, String)> {
     let rest = url
         .strip_prefix("ws://")
         .context("only ws:// URLs are supported by the benchmark")?;

@@ -169,7 +169,7 @@ fn now_us() -> u64 {
 }
 
 /// A masked client frame (FIN set).
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![0x80 | opcode];
     match payload.len() {
         n if n < 126 => out.push(0x80 | n as u8),
@@ -308,7 +308,7 @@ async fn client(
 
 /// Connects, upgrades and subscribes; returns the socket and a reader holding whatever
 /// arrived right behind the handshake.
-async fn connect(
+pub(crate) async fn connect(
     addr: SocketAddr,
     path: &str,
     deflate: bool,
@@ -359,12 +359,13 @@ async fn connect(
 }
 
 /// A frame as the client keeps it: opcode, payload length, and the payload's first bytes.
-struct Frame {
-    opcode: u8,
-    len: u64,
-    head: Vec<u8>,
+pub(crate) struct Frame {
+    pub(crate) opcode: u8,
+    pub(crate) len: u64,
+    /// The payload's first bytes ([`HEAD`], or as many as [`FrameReader::keep_whole`] asks).
+    pub(crate) head: Vec<u8>,
     /// RSV1: the payload is compressed (permessage-deflate).
-    compressed: bool,
+    pub(crate) compressed: bool,
 }
 
 /// The first bytes of a compressed message, from the first bytes of its payload (a prefix
@@ -378,10 +379,12 @@ fn inflate_head(inflater: &mut flate2::Decompress, z: &[u8]) -> Vec<u8> {
 }
 
 /// Reads frames from a socket into a fixed 8 KiB buffer, keeping only each payload's head.
-struct FrameReader {
+pub(crate) struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Payload bytes kept per frame.
+    keep: usize,
 }
 
 impl FrameReader {
@@ -390,7 +393,13 @@ impl FrameReader {
             buf: vec![0; 8 * 1024],
             start: 0,
             end: 0,
+            keep: HEAD,
         }
+    }
+
+    /// Keeps whole payloads from now on (for a client that parses what it receives).
+    pub(crate) fn keep_whole(&mut self) {
+        self.keep = usize::MAX;
     }
 
     fn pending(&self) -> &[u8] {
@@ -418,7 +427,7 @@ impl FrameReader {
     }
 
     /// The next frame; `None` at the end of the stream or on a malformed frame.
-    async fn next(&mut self, tcp: &mut TcpStream) -> Option<Frame> {
+    pub(crate) async fn next(&mut self, tcp: &mut TcpStream) -> Option<Frame> {
         let (opcode, len, compressed) = loop {
             let mut cursor = Cursor::new(self.pending());
             match FrameHeader::parse(&mut cursor) {
@@ -435,14 +444,14 @@ impl FrameReader {
                 Err(_) => return None,
             }
         };
-        let mut head = Vec::with_capacity(HEAD.min(len as usize));
+        let mut head = Vec::with_capacity(self.keep.min(len as usize).min(64 << 20));
         let mut left = len;
         while left > 0 {
             if self.start == self.end && !self.fill(tcp).await {
                 return None;
             }
             let take = (self.end - self.start).min(usize::try_from(left).unwrap_or(usize::MAX));
-            let keep = take.min(HEAD - head.len().min(HEAD));
+            let keep = take.min(self.keep - head.len().min(self.keep));
             head.extend_from_slice(&self.buf[self.start..self.start + keep]);
             self.consume(take);
             left -= take as u64;

@@ -2,7 +2,7 @@
 -- for each event named in it, the columns of sql/active_events.sql plus `active`.
 --
 -- The publisher runs this inside the transaction that publishes the result and commits only
--- after the message is in Redis (sql/README.md, "Incremental ticks"). At most 50,000 log rows
+-- after the message is in Redis (sql/README.md, "Incremental ticks"). At most 5,000 log rows
 -- are consumed per tick, oldest first; a longer log is read over the next ticks.
 --
 -- `active` must be true exactly when sql/active_events.sql would return the event: the
@@ -10,7 +10,7 @@
 -- as one row with active = false and the other columns NULL.
 WITH consumed AS (
     DELETE FROM event_changes
-     WHERE id = ANY (ARRAY(SELECT id FROM event_changes ORDER BY id LIMIT 50000))
+     WHERE id = ANY (ARRAY(SELECT id FROM event_changes ORDER BY id LIMIT 5000))
  RETURNING event_id
 ), changed AS (
     SELECT DISTINCT event_id FROM consumed

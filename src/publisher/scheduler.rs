@@ -612,6 +612,9 @@ impl Scheduler {
             state.needs_full = false;
             state.last_full = started;
         }
+        if plan == Read::Resync && self.leader.reads_log() {
+            self.source.vacuum_changes().await;
+        }
         let total = started.elapsed();
         histogram!(m::TICK_DURATION, "stage" => "total").record(total);
         let (active, suspended) = (book.len(), book.suspended());

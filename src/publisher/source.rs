@@ -221,6 +221,19 @@ impl Source {
         }
     }
 
+    /// Vacuums the change log: every row is dead within a tick, and a server without
+    /// autovacuum would otherwise leave the consuming index scan a growing tail of dead
+    /// entries to step over. Cannot run in a transaction; a failure (another owner) is only
+    /// logged.
+    pub async fn vacuum_changes(&self) {
+        if let Err(error) = sqlx::query("VACUUM (SKIP_LOCKED) event_changes")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::debug!(%error, "could not vacuum the change log");
+        }
+    }
+
     /// Groups rows into events by id (see [`Source::read_all`]). In [`Scope::Read`] each row
     /// also has `active`; rows of inactive events only name the event as gone.
     async fn collect(

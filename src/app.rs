@@ -152,7 +152,11 @@ fn broadcaster(
     cancel: CancellationToken,
     tracker: TaskTracker,
     supervisor: &Supervisor,
-) -> anyhow::Result<(BroadcasterState, http::BroadcasterHealth)> {
+) -> anyhow::Result<(
+    BroadcasterState,
+    http::BroadcasterHealth,
+    Option<socketioxide::layer::SocketIoLayer>,
+)> {
     let fanout = Fanout::new(config.fanout_threads()).context("start the fan-out threads")?;
     let hub = Hub::new(
         HubLimits {
@@ -224,6 +228,31 @@ fn broadcaster(
             .cloned()
             .collect(),
     ));
+    let socketio_connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let socketio = config.socketio.then(|| {
+        let ctx = Arc::new(crate::broadcaster::socketio::Context {
+            hub: hub.clone(),
+            admission: admission.clone(),
+            verifier: sessions.verifier.clone(),
+            auth_cookie: config.socketio_auth_cookie.clone(),
+            connected: socketio_connected.clone(),
+        });
+        let (layer, io) = crate::broadcaster::socketio::layer(
+            ctx,
+            config.max_client_message_bytes as u64,
+            config.send_queue_frames,
+        );
+        // The feed is attached once; a restarted task takes the same receiver back.
+        let feed = Arc::new(tokio::sync::Mutex::new(hub.attach_socketio()));
+        supervisor.spawn("socketio", false, move |cancel| {
+            let (io, feed) = (io.clone(), feed.clone());
+            async move {
+                let mut feed = feed.lock().await;
+                crate::broadcaster::socketio::run_feed(io, &mut feed, cancel).await;
+            }
+        });
+        layer
+    });
     let node = format!("{:04x}", rand::random::<u16>());
     let state = BroadcasterState {
         sessions,
@@ -237,7 +266,9 @@ fn broadcaster(
         http::BroadcasterHealth {
             hub,
             relay_connected,
+            socketio_connected,
         },
+        socketio,
     ))
 }
 
@@ -336,6 +367,7 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     let trusted = Arc::new(config.trusted_proxies()?);
     let http_limits = config.http_limits();
     let mut broadcaster_health = None;
+    let mut socketio_layer = None;
     if roles.broadcaster {
         config.validate_broadcaster()?;
         let open_files = net::open_files::raise_limit();
@@ -353,7 +385,7 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
                 "the open-files limit is too low for MAX_CONNECTIONS; raise it (ulimit -n, LimitNOFILE) or lower MAX_CONNECTIONS"
             );
         }
-        let (state, health) = broadcaster(
+        let (state, health, layer) = broadcaster(
             &config,
             max_connections,
             cancel.clone(),
@@ -362,6 +394,7 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         )?;
         router = router.merge(crate::broadcaster::router(state));
         broadcaster_health = Some(health);
+        socketio_layer = layer;
     }
 
     if roles.simulator
@@ -405,6 +438,10 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
         broadcaster: broadcaster_health,
     }));
 
+    // Last, so it sees every request: it answers /socket.io/ and passes the rest on.
+    if let Some(layer) = socketio_layer {
+        router = router.layer(layer);
+    }
     let backlog = config
         .listen_backlog
         .unwrap_or_else(net::listener::system_backlog);

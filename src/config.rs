@@ -357,6 +357,16 @@ pub struct Config {
     #[arg(long, env = "WS_DEFLATE", action = ArgAction::Set, default_value_t = true, global = true)]
     pub ws_deflate: bool,
 
+    /// Serve Socket.IO v4 at /socket.io/ (WebSocket and long-polling) with the earlier Node
+    /// relay's events, for pages written against it (docs/SOCKETIO.md).
+    #[arg(long, env = "SOCKETIO", action = ArgAction::Set, default_value_t = true, global = true)]
+    pub socketio: bool,
+
+    /// Name of a cookie that may carry the JWT of Socket.IO clients (besides the handshake's
+    /// `auth.token` and an `Authorization: Bearer` header).
+    #[arg(long, env = "SOCKETIO_AUTH_COOKIE", global = true)]
+    pub socketio_auth_cookie: Option<String>,
+
     /// Threads that write room frames into the clients' sockets; 0 means one per core.
     #[arg(long, env = "FANOUT_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256), global = true)]
     pub fanout_threads: u16,

@@ -87,6 +87,8 @@ pub struct BroadcasterHealth {
     pub hub: Hub,
     /// True while the relay is subscribed to Redis.
     pub relay_connected: Arc<AtomicBool>,
+    /// Socket.IO connections open now.
+    pub socketio_connected: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How long a dependency check may take before it counts as down.
@@ -216,10 +218,9 @@ async fn health(State(mut state): State<HealthState>) -> impl IntoResponse {
         .broadcaster
         .as_ref()
         .is_some_and(|b| !b.relay_connected.load(Ordering::Relaxed) || !b.hub.publisher_live());
-    let connections = state
-        .broadcaster
-        .as_ref()
-        .map_or(0, |b| b.hub.connections());
+    let connections = state.broadcaster.as_ref().map_or(0, |b| {
+        b.hub.connections() + b.socketio_connected.load(Ordering::Relaxed)
+    });
     let tasks = state.tasks.snapshot();
     let task_down = tasks.values().any(TaskStatus::is_down);
     // Without its tick loop or its relay the process cannot do its job: not ready.

@@ -32,6 +32,9 @@ pub const LEADER_CHECK: &str = "oddsfeed_leader_check_seconds";
 pub const SOURCE_VALUE_PROBLEMS: &str = "oddsfeed_source_value_problems_total";
 // Broadcaster.
 pub const WS_CONNECTIONS: &str = "oddsfeed_ws_connections";
+pub const SOCKETIO_CONNECTIONS: &str = "oddsfeed_socketio_connections";
+pub const SOCKETIO_FEED_DROPPED: &str = "oddsfeed_socketio_feed_dropped_total";
+pub const SOCKETIO_FEED_RESETS: &str = "oddsfeed_socketio_feed_resets_total";
 pub const WS_CONNECTIONS_TOTAL: &str = "oddsfeed_ws_connections_total";
 pub const WS_REJECTED_CONNECTIONS: &str = "oddsfeed_ws_rejected_connections_total";
 pub const WS_ROOMS: &str = "oddsfeed_ws_rooms";
@@ -184,7 +187,7 @@ pub const HTTP_CLOSE_REASONS: &[&str] = &[
 /// The broadcaster's counterpart of [`register_publisher_metrics`].
 pub fn register_broadcaster_metrics() {
     metrics::counter!(ERRORS, "kind" => "relay").increment(0);
-    for kind in ["all", "sport", "event", "bridged", "reply"] {
+    for kind in ["all", "sport", "event", "bridged", "reply", "socketio"] {
         metrics::counter!(WS_MESSAGES_SENT, "kind" => kind).increment(0);
     }
     for code in [
@@ -238,8 +241,16 @@ pub fn register_broadcaster_metrics() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    for name in [WS_CONNECTIONS, WS_ROOMS, WS_SUBSCRIPTIONS] {
+    for name in [
+        WS_CONNECTIONS,
+        WS_ROOMS,
+        WS_SUBSCRIPTIONS,
+        SOCKETIO_CONNECTIONS,
+    ] {
         metrics::gauge!(name).increment(0.0);
+    }
+    for name in [SOCKETIO_FEED_DROPPED, SOCKETIO_FEED_RESETS] {
+        metrics::counter!(name).increment(0);
     }
     for room in ["all", "sport", "event"] {
         let _ = metrics::histogram!(DELIVERY_LATENCY, "room" => room);
@@ -436,7 +447,26 @@ fn describe() {
     ] {
         describe_counter!(name, unit, help);
     }
-    describe_gauge!(WS_CONNECTIONS, Unit::Count, "Open WebSocket connections.");
+    describe_gauge!(
+        WS_CONNECTIONS,
+        Unit::Count,
+        "Open client connections: native WebSocket and Socket.IO."
+    );
+    describe_gauge!(
+        SOCKETIO_CONNECTIONS,
+        Unit::Count,
+        "Open Socket.IO connections (also counted in oddsfeed_ws_connections)."
+    );
+    describe_counter!(
+        SOCKETIO_FEED_DROPPED,
+        Unit::Count,
+        "Items the hub could not queue for the Socket.IO endpoint (its clients then get the whole book)."
+    );
+    describe_counter!(
+        SOCKETIO_FEED_RESETS,
+        Unit::Count,
+        "Whole-book lists sent to Socket.IO clients because the feed had dropped something."
+    );
     describe_gauge!(WS_ROOMS, Unit::Count, "Rooms with at least one member.");
     describe_gauge!(
         WS_SUBSCRIPTIONS,

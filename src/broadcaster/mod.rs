@@ -21,6 +21,9 @@
 //! - [`protocol`]: client and server messages.
 //! - [`room_name`]: odds room names parsed into a type (`sport:all`, `sport:<key>`, `event:<id>`).
 //! - [`auth`]: HS256 JWT verification.
+//! - [`socketio`]: the Socket.IO v4 endpoint for pages of the earlier Node relay (socketioxide),
+//!   with the earlier relay's event names and payloads.
+//! - [`socketio_feed`]: what the hub tells the Socket.IO endpoint, queued in the hub's order.
 
 pub mod admission;
 pub mod auth;
@@ -36,6 +39,8 @@ pub mod relay;
 pub mod room_name;
 pub mod rooms;
 pub mod session;
+pub mod socketio;
+pub mod socketio_feed;
 pub mod upgrade;
 pub mod writer;
 

@@ -20,6 +20,7 @@ use super::frame::WireFrame;
 use super::outbox::{Outbound, Outbox};
 use super::protocol::{ErrorCode, Rejection, ServerMessage, Upsert};
 use super::room_name::OddsRoom;
+use super::socketio_feed::{Feed, FeedItem, SocketId, SportChange};
 use crate::bus::StoredState;
 use crate::odds::{Book, Delta, Event, OddsMessage, net_removals};
 use crate::telemetry as m;
@@ -168,6 +169,8 @@ struct Inner {
     /// Outboxes that got room frames in this critical section, for the fan-out once the lock
     /// is released.
     due: Vec<Arc<Outbox>>,
+    /// The Socket.IO endpoint's feed, fed in this lock's order (`None` when it is off).
+    socketio: Option<Feed>,
 }
 
 /// The shared registry. Cheap to clone.
@@ -333,6 +336,7 @@ impl Hub {
                 publisher_live: true,
                 sessions: HashMap::new(),
                 due: Vec::new(),
+                socketio: None,
             })),
             limits,
             fanout,
@@ -349,6 +353,33 @@ impl Hub {
         let due = std::mem::take(&mut inner.due);
         drop(inner);
         self.fanout.flush(due);
+    }
+
+    /// Starts feeding the Socket.IO endpoint; returns what it reads.
+    pub fn attach_socketio(&self) -> tokio::sync::mpsc::Receiver<FeedItem> {
+        let (feed, rx) = Feed::new();
+        self.lock().socketio = Some(feed);
+        rx
+    }
+
+    /// A Socket.IO socket joins the global list (`sport` `None`) or a sport's: the feed gets
+    /// the events it holds now, in publishing order, and every change after them.
+    pub fn socketio_join(&self, socket: SocketId, sport: Option<String>) {
+        let mut inner = self.lock();
+        let mut events: Vec<&Event> = match (&inner.book, &sport) {
+            (Some(book), None) => book.events().collect(),
+            (Some(book), Some(key)) => book.events().filter(|e| e.view.sport == *key).collect(),
+            (None, _) => Vec::new(),
+        };
+        events.sort_by(publishing_order);
+        let events = events.into_iter().cloned().collect();
+        if let Some(feed) = inner.socketio.as_mut() {
+            feed.push(FeedItem::Join {
+                socket,
+                sport,
+                events,
+            });
+        }
     }
 
     /// Registers a session. It leaves every room when the returned guard drops, however the
@@ -539,6 +570,7 @@ impl Hub {
         let old_epoch = inner.epoch().to_string();
         inner.book = Some(state.into_book());
         let new_epoch = inner.epoch().to_string();
+        feed_reset(&mut inner);
         let names: Vec<(String, OddsRoom)> = inner
             .rooms
             .iter()
@@ -707,11 +739,27 @@ impl Hub {
         }
         drop(changed);
 
+        let lost = inner.socketio.as_ref().map(|f| f.lost);
+        if lost == Some(false) {
+            let item = feed_odds(
+                inner.book.as_ref(),
+                &msg.sports,
+                &all_removals,
+                msg.published_at,
+            );
+            if let Some(feed) = inner.socketio.as_mut() {
+                feed.push(item);
+            }
+        }
         if let Some(book) = inner.book.as_mut() {
             book.apply(Delta {
                 seq: msg.seq,
                 sports: msg.sports,
             });
+        }
+        if lost == Some(true) {
+            counter!(m::SOCKETIO_FEED_RESETS).increment(1);
+            feed_reset(&mut inner);
         }
         for (odds, room, full, changes, seq) in frames {
             let kind = full.kind;
@@ -728,6 +776,12 @@ impl Hub {
     /// Sends a bridged message to the members of `room` (dropped when nobody is in it).
     pub fn bridged(&self, channel: &str, room: &str, data: &Value) {
         let mut inner = self.lock();
+        if let Some(feed) = inner.socketio.as_mut() {
+            feed.push(FeedItem::Bridged {
+                channel: channel.to_string(),
+                data: data.clone(),
+            });
+        }
         if inner.rooms.get(room).is_none_or(|r| r.members.is_empty()) {
             return;
         }
@@ -777,6 +831,42 @@ impl Hub {
             .filter(|(_, r)| r.kind != RoomKind::Bridged)
             .map(|(n, r)| (n.clone(), r.seq))
             .collect()
+    }
+}
+
+/// Sends the Socket.IO clients the whole book as their new list (after a reload, or when the
+/// feed dropped something).
+fn feed_reset(inner: &mut Inner) {
+    let Some(book) = &inner.book else { return };
+    let mut events: Vec<&Event> = book.events().collect();
+    events.sort_by(publishing_order);
+    let events = events.into_iter().cloned().collect();
+    if let Some(feed) = inner.socketio.as_mut() {
+        feed.lost = false;
+        feed.push(FeedItem::Reset { events });
+    }
+}
+
+/// The Socket.IO form of an odds message, with removed events in their last published form
+/// from `book` (before the message is applied).
+fn feed_odds(
+    book: Option<&Book>,
+    sports: &BTreeMap<String, crate::odds::SportDelta>,
+    all_removals: &[&str],
+    published_at_ms: i64,
+) -> FeedItem {
+    let last = |id: &str| book.and_then(|b| b.get(id)).cloned();
+    FeedItem::Odds {
+        published_at: chrono::DateTime::from_timestamp_millis(published_at_ms).unwrap_or_default(),
+        sports: sports
+            .iter()
+            .map(|(key, block)| SportChange {
+                key: key.clone(),
+                upserts: block.upserts.clone(),
+                removed: block.removals.iter().filter_map(|id| last(id)).collect(),
+            })
+            .collect(),
+        all_removed: all_removals.iter().filter_map(|id| last(id)).collect(),
     }
 }
 

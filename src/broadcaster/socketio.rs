@@ -1,0 +1,449 @@
+//! The Socket.IO v4 endpoint (`/socket.io/`, WebSocket and long-polling), for pages written
+//! against the earlier Node relay. The protocol is socketioxide's; what it says is ours: the
+//! earlier relay's event names and payloads, fed by the same hub as the native protocol
+//! ([`super::socketio_feed`]), so there is one relay and one book.
+//!
+//! Events (docs/SOCKETIO.md):
+//! - on connect, `sports:odds-update` with every event (`{timestamp, events, count,
+//!   removals: [], snapshot: true}`), then one per odds message with its changes;
+//! - `join-sport` (key or display name): that sport's events once, then its changes
+//!   (`{sport, timestamp, events, count, removals}`); `leave-sport`;
+//! - `join-user-room` with a JWT whose `sub` is the user (handshake `auth.token`, an
+//!   `Authorization: Bearer` header or the `SOCKETIO_AUTH_COOKIE` cookie), else `error`;
+//! - bridged channels: `event-updates` → `odds-update-<eventId>`, `chat-messages` →
+//!   `chat-message-<eventId>`, `admin-events` → `admin:<type>` (admins only), `user-updates` →
+//!   `user-update` in `user:<userId>`.
+//!
+//! A removed event is sent once more inside `events` with `removed: true`, `suspended: true`
+//! and no prices (a page that merges by id shows it suspended), and its id in `removals`.
+//!
+//! Admission (caps, Origin) is the native endpoint's; a socket whose send buffer is full is
+//! disconnected (its client reconnects and gets a fresh list) rather than silently skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::http::header;
+use metrics::{counter, gauge};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use socketioxide::extract::{Data, SocketRef, TryData};
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::{SocketIo, TransportType};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::admission::Admission;
+use super::auth::{Identity, Verifier};
+use super::rooms::Hub;
+use super::socketio_feed::FeedItem;
+use crate::net::ClientAddr;
+use crate::odds::{Event, sport_key};
+use crate::telemetry as m;
+
+/// The Socket.IO room every connected socket is in once it has its first list.
+const ALL: &str = "all";
+/// The room of sockets whose handshake token has the admin role.
+const ADMINS: &str = "admins";
+
+/// What the endpoint shares with its handlers.
+pub struct Context {
+    pub hub: Hub,
+    pub admission: Arc<Admission>,
+    pub verifier: Verifier,
+    /// The cookie that may carry the JWT (`SOCKETIO_AUTH_COOKIE`).
+    pub auth_cookie: Option<String>,
+    /// Sockets connected now (for /health).
+    pub connected: Arc<AtomicUsize>,
+}
+
+/// Builds the layer for the router; spawn [`run_feed`] with the returned handle.
+pub fn layer(ctx: Arc<Context>, max_payload: u64, max_buffer: usize) -> (SocketIoLayer, SocketIo) {
+    let (layer, io) = SocketIo::builder()
+        .max_payload(max_payload)
+        .max_buffer_size(max_buffer)
+        .transports([TransportType::Polling, TransportType::Websocket])
+        .build_layer();
+    io.ns(
+        "/",
+        move |socket: SocketRef, TryData(auth): TryData<Value>| {
+            let ctx = ctx.clone();
+            async move { on_connect(ctx, socket, auth.ok()) }
+        },
+    );
+    (layer, io)
+}
+
+/// Keeps a socket's admission place and the connected count for its lifetime.
+struct Place {
+    _guard: super::admission::ConnectionGuard,
+    connected: Arc<AtomicUsize>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.connected.fetch_sub(1, Ordering::Relaxed);
+        gauge!(m::SOCKETIO_CONNECTIONS).decrement(1.0);
+    }
+}
+
+fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) {
+    let parts = socket.req_parts();
+    let origin = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    if !ctx.admission.allowed_origins.is_empty()
+        && let Some(origin) = origin
+        && !ctx.admission.allowed_origins.iter().any(|a| a == origin)
+    {
+        let message = format!("origin {origin} is not allowed");
+        return refuse(socket, "origin_not_allowed", message);
+    }
+    let Some(client) = parts.extensions.get::<ClientAddr>().cloned() else {
+        return refuse(socket, "internal", "no client address".into());
+    };
+    let guard = match ctx.admission.admit(client.ip) {
+        Ok(guard) => guard,
+        Err((_, code, message)) => return refuse(socket, code, message),
+    };
+    ctx.connected.fetch_add(1, Ordering::Relaxed);
+    gauge!(m::SOCKETIO_CONNECTIONS).increment(1.0);
+    let place = Arc::new(Place {
+        _guard: guard,
+        connected: ctx.connected.clone(),
+    });
+    socket.on_disconnect(async move || drop(place));
+    let identity = token(&socket, auth.as_ref(), ctx.auth_cookie.as_deref())
+        .and_then(|t| ctx.verifier.verify(&t).ok());
+    if identity.as_ref().is_some_and(Identity::is_admin) {
+        socket.join(ADMINS);
+    }
+    ctx.hub.socketio_join(socket.id, None);
+
+    let hub = ctx.hub.clone();
+    socket.on(
+        "join-sport",
+        move |socket: SocketRef, Data::<Value>(sport)| {
+            let hub = hub.clone();
+            async move {
+                match sport.as_str().map(|s| sport_key(Some(s), false)) {
+                    Some(key) if !key.is_empty() => hub.socketio_join(socket.id, Some(key)),
+                    _ => error(&socket, "bad_request", "join-sport takes a sport name"),
+                }
+            }
+        },
+    );
+    socket.on(
+        "leave-sport",
+        async |socket: SocketRef, Data::<Value>(sport)| {
+            if let Some(sport) = sport.as_str() {
+                socket.leave(format!("sport:{}", sport_key(Some(sport), false)));
+            }
+        },
+    );
+    socket.on("join-user-room", move |socket: SocketRef, Data::<Value>(user)| {
+        let identity = identity.clone();
+        async move {
+            let user = user_id(&user);
+            match (&identity, user) {
+                (Some(identity), Some(user)) if identity.sub == user => {
+                    socket.join(format!("user:{user}"));
+                }
+                (None, _) => error(
+                    &socket,
+                    "unauthorized",
+                    "join-user-room needs a valid token (handshake auth.token, Authorization header or cookie)",
+                ),
+                _ => error(&socket, "forbidden", "the token is not this user's"),
+            }
+        }
+    });
+    socket.on(
+        "leave-user-room",
+        async |socket: SocketRef, Data::<Value>(user)| {
+            if let Some(user) = user_id(&user) {
+                socket.leave(format!("user:{user}"));
+            }
+        },
+    );
+}
+
+/// A user id as pages send it: a string or a number.
+fn user_id(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The JWT of the handshake: `auth.token`, then `Authorization: Bearer`, then the cookie.
+fn token(socket: &SocketRef, auth: Option<&Value>, cookie: Option<&str>) -> Option<String> {
+    if let Some(t) = auth.and_then(|a| a.get("token")).and_then(Value::as_str) {
+        return Some(t.to_string());
+    }
+    let headers = &socket.req_parts().headers;
+    if let Some((scheme, t)) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        && scheme.eq_ignore_ascii_case("bearer")
+    {
+        return Some(t.trim().to_string());
+    }
+    let name = cookie?;
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn error(socket: &SocketRef, code: &str, message: &str) {
+    counter!(m::WS_CLIENT_ERRORS, "code" => code.to_string()).increment(1);
+    let _ = socket.emit("error", &json!({ "error": code, "message": message }));
+}
+
+fn refuse(socket: SocketRef, code: &str, message: String) {
+    counter!(m::WS_REJECTED_CONNECTIONS, "reason" => code.to_string()).increment(1);
+    let _ = socket.emit("error", &json!({ "error": code, "message": message }));
+    let _ = socket.disconnect();
+}
+
+/// Turns the hub's feed into Socket.IO events, in the hub's order, until cancelled.
+pub async fn run_feed(
+    io: SocketIo,
+    feed: &mut mpsc::Receiver<FeedItem>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let item = tokio::select! {
+            _ = cancel.cancelled() => return,
+            item = feed.recv() => match item {
+                Some(item) => item,
+                None => return,
+            },
+        };
+        match item {
+            FeedItem::Join {
+                socket,
+                sport,
+                events,
+            } => {
+                let Some(s) = io.get_socket(socket) else {
+                    continue;
+                };
+                let refs: Vec<&Event> = events.iter().collect();
+                let payload = list(sport.as_deref(), &refs, true);
+                if send(&s, &payload) {
+                    s.join(match sport {
+                        Some(key) => format!("sport:{key}"),
+                        None => ALL.to_string(),
+                    });
+                }
+            }
+            FeedItem::Reset { events } => {
+                let refs: Vec<&Event> = events.iter().collect();
+                emit(&io, ALL, &list(None, &refs, true));
+                for room in sport_rooms(&io) {
+                    let key = room.trim_start_matches("sport:");
+                    let mine: Vec<&Event> = refs
+                        .iter()
+                        .copied()
+                        .filter(|e| e.view.sport == key)
+                        .collect();
+                    emit(&io, &room, &list(Some(key), &mine, true));
+                }
+            }
+            FeedItem::Odds {
+                published_at,
+                sports,
+                all_removed,
+            } => {
+                let timestamp = published_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                let mut all: Vec<Value> = Vec::new();
+                let moved: Vec<&str> = sports
+                    .iter()
+                    .flat_map(|s| &s.upserts)
+                    .map(|e| e.id.as_str())
+                    .collect();
+                for change in &sports {
+                    all.extend(
+                        change
+                            .upserts
+                            .iter()
+                            .filter_map(|e| serde_json::to_value(e).ok()),
+                    );
+                    let mut events: Vec<Value> = change
+                        .upserts
+                        .iter()
+                        .filter_map(|e| serde_json::to_value(e).ok())
+                        .collect();
+                    events.extend(change.removed.iter().map(removed));
+                    let removals: Vec<&str> =
+                        change.removed.iter().map(|e| e.id.as_str()).collect();
+                    emit(
+                        &io,
+                        &format!("sport:{}", change.key),
+                        &named(
+                            "sports:odds-update",
+                            &json!({
+                                "sport": change.key,
+                                "timestamp": timestamp,
+                                "count": events.len(),
+                                "events": events,
+                                "removals": removals,
+                            }),
+                        ),
+                    );
+                }
+                all.extend(
+                    all_removed
+                        .iter()
+                        .filter(|e| !moved.contains(&e.id.as_str()))
+                        .map(removed),
+                );
+                let removals: Vec<&str> = all_removed.iter().map(|e| e.id.as_str()).collect();
+                emit(
+                    &io,
+                    ALL,
+                    &named(
+                        "sports:odds-update",
+                        &json!({
+                            "timestamp": timestamp,
+                            "count": all.len(),
+                            "events": all,
+                            "removals": removals,
+                        }),
+                    ),
+                );
+            }
+            FeedItem::Bridged { channel, data } => bridged(&io, &channel, &data),
+        }
+    }
+}
+
+/// The earlier relay's bridged events.
+fn bridged(io: &SocketIo, channel: &str, data: &Value) {
+    let field = |name: &str| {
+        data.get(name).and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    match channel {
+        "event-updates" => {
+            if let Some(id) = field("eventId") {
+                emit(io, ALL, &named(&format!("odds-update-{id}"), data));
+            }
+        }
+        "chat-messages" => {
+            if let Some(id) = field("eventId") {
+                emit(io, ALL, &named(&format!("chat-message-{id}"), data));
+            }
+        }
+        "admin-events" => {
+            if let Some(kind) = field("type") {
+                let payload = data.get("payload").cloned().unwrap_or(Value::Null);
+                emit(io, ADMINS, &named(&format!("admin:{kind}"), &payload));
+            }
+        }
+        "user-updates" => {
+            if let Some(user) = field("userId") {
+                emit(io, &format!("user:{user}"), &named("user-update", data));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// An event name with its payload, for [`emit`].
+struct Named {
+    event: String,
+    payload: Box<RawValue>,
+}
+
+fn named(event: &str, payload: &Value) -> Named {
+    Named {
+        event: event.to_string(),
+        payload: serde_json::value::to_raw_value(payload)
+            .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON")),
+    }
+}
+
+/// `sports:odds-update` with a list: the whole of `events` as the room's current state.
+fn list(sport: Option<&str>, events: &[&Event], snapshot: bool) -> Named {
+    let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut payload = json!({
+        "timestamp": timestamp,
+        "count": events.len(),
+        "events": events,
+        "removals": [],
+        "snapshot": snapshot,
+    });
+    if let Some(sport) = sport {
+        payload["sport"] = json!(sport);
+    }
+    named("sports:odds-update", &payload)
+}
+
+/// The last published form of a removed event, marked so a page's merge shows it suspended.
+fn removed(event: &Event) -> Value {
+    let mut value = serde_json::to_value(event).unwrap_or(Value::Null);
+    if let Some(o) = value.as_object_mut() {
+        o.insert("removed".into(), json!(true));
+        o.insert("suspended".into(), json!(true));
+        o.insert("live".into(), json!(false));
+        o.insert("yesOdds".into(), Value::Null);
+        o.insert("noOdds".into(), Value::Null);
+        if let Some(Value::Array(outcomes)) = o.get_mut("outcomes") {
+            for outcome in outcomes {
+                outcome["probability"] = Value::Null;
+                outcome["odds"] = Value::Null;
+            }
+        }
+    }
+    value
+}
+
+fn sport_rooms(io: &SocketIo) -> Vec<String> {
+    let mut rooms: Vec<String> = io
+        .sockets()
+        .iter()
+        .flat_map(|s| s.rooms())
+        .map(|r| r.to_string())
+        .filter(|r| r.starts_with("sport:"))
+        .collect();
+    rooms.sort();
+    rooms.dedup();
+    rooms
+}
+
+/// Sends to one socket; a socket whose buffer is full is disconnected (counted) and false
+/// returned, so it never silently misses a change.
+fn send(socket: &SocketRef, named: &Named) -> bool {
+    match socket.emit(named.event.as_str(), &*named.payload) {
+        Ok(()) => {
+            counter!(m::WS_MESSAGES_SENT, "kind" => "socketio").increment(1);
+            counter!(m::WS_BYTES_SENT).increment(named.payload.get().len() as u64);
+            true
+        }
+        Err(_) => {
+            counter!(m::WS_SLOW_CLIENTS_CLOSED, "limit" => "socketio_buffer").increment(1);
+            let _ = socket.clone().disconnect();
+            false
+        }
+    }
+}
+
+/// Sends `named` to every socket in `room`, serialised once.
+fn emit(io: &SocketIo, room: &str, named: &Named) {
+    for socket in io.to(room.to_string()).sockets() {
+        send(&socket, named);
+    }
+}

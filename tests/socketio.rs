@@ -1,0 +1,145 @@
+//! The Socket.IO endpoint with the real `socket.io-client` package (web/test/socketio.test.mjs)
+//! against a real `oddsfeed serve`: the earlier page's merge ends at the Redis state, sport
+//! rooms, long-polling, bridged channels by name, user rooms behind a token.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+fn token(secret: &str, sub: &str, role: Option<&str>) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    oddsfeed::broadcaster::auth::sign_value(secret, &json!({"sub": sub, "role": role, "exp": exp}))
+        .unwrap()
+}
+
+/// Every number as an f64 (JavaScript writes 5 where Rust wrote 5.0).
+fn floats(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => json!(n.as_f64()),
+        Value::Array(a) => Value::Array(a.iter().map(floats).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (k.clone(), floats(v))).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Prices and outcomes of each event, as a page displays them.
+fn prices(events: impl IntoIterator<Item = Value>) -> BTreeMap<String, Value> {
+    events
+        .into_iter()
+        .map(|e| {
+            let id = e["id"].as_str().unwrap_or_default().to_string();
+            let shown = json!({
+                "outcomes": e["outcomes"],
+                "yesOdds": e["yesOdds"],
+                "noOdds": e["noOdds"],
+                "suspended": e["suspended"],
+            });
+            (id, floats(&shown))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_pages_work_unchanged() {
+    let db = TestDb::new().await;
+    seed_football(&db, 20).await;
+    let secret = "socketio-secret";
+    let (mut env, channel) = publisher_env(&db, &redis_url());
+    env.push(("JWT_SECRET", secret.into()));
+    let server = Server::start(&["serve"], &env).await;
+    wait_published(&redis_url(), &channel).await;
+
+    let out = std::env::temp_dir().join(format!("oddsfeed-sio-{}.json", random_suffix()));
+    let pool = db.pool.clone();
+    let redis = redis_url();
+    let out_path = out.clone();
+    let (merged_tx, merged_rx) = tokio::sync::oneshot::channel();
+    let driver = tokio::spawn(async move {
+        // Random prices for 4 s, then quiet until the page has written what it merged.
+        let until = tokio::time::Instant::now() + Duration::from_secs(4);
+        while tokio::time::Instant::now() < until {
+            let _ = sqlx::query(
+                "UPDATE outcomes SET external_price = round((random() * 0.8 + 0.1)::numeric, 3)
+                  WHERE (event_id, name) IN (SELECT event_id, name FROM outcomes ORDER BY random() LIMIT 3)",
+            )
+            .execute(&pool)
+            .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        while !out_path.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let merged: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        let (_, stored) = stored_state(&redis, &channel).await;
+        let _ = merged_tx.send((merged, stored));
+        // Then one price keeps moving and the bridged channels keep talking.
+        let mut i = 0u64;
+        loop {
+            let _ = sqlx::query(
+                "UPDATE outcomes SET external_price = $1 WHERE event_id = 'e0' AND name = 'HOME'",
+            )
+            .bind(0.2 + (i % 50) as f64 / 100.0)
+            .execute(&pool)
+            .await;
+            for (bridged, payload) in [
+                ("event-updates", json!({"eventId": "e1", "n": i})),
+                ("chat-messages", json!({"eventId": "e1", "text": "hello"})),
+                ("user-updates", json!({"userId": "u1", "balance": i})),
+                (
+                    "admin-events",
+                    json!({"type": "alert", "payload": {"level": "info"}}),
+                ),
+            ] {
+                redis_publish(&redis, bridged, &payload.to_string()).await;
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        run_node_tests(
+            "test/socketio.test.mjs",
+            &[
+                ("ODDSFEED_HTTP_URL", format!("http://{}", server.addr)),
+                ("USER_TOKEN", token(secret, "u1", None)),
+                ("ADMIN_TOKEN", token(secret, "admin", Some("admin"))),
+                ("SIO_OUT", out.display().to_string()),
+            ],
+            5,
+        ),
+    )
+    .await;
+    driver.abort();
+    result.expect("the node tests finish");
+    let _ = std::fs::remove_file(&out);
+    // What the page merged from the list and the updates is exactly the stored state.
+    let (merged, stored) = merged_rx.await.expect("the page wrote what it merged");
+    assert_eq!(prices(merged), prices(stored.into_values()));
+
+    let metrics = server.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "oddsfeed_ws_messages_sent_total{kind=\"socketio\"}"
+        ) > 10.0
+    );
+    assert_eq!(
+        metric_value(&metrics, "oddsfeed_socketio_connections"),
+        0.0,
+        "{metrics}"
+    );
+    drop(server);
+    db.drop_db().await;
+}

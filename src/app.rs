@@ -236,6 +236,7 @@ fn broadcaster(
             verifier: sessions.verifier.clone(),
             auth_cookie: config.socketio_auth_cookie.clone(),
             connected: socketio_connected.clone(),
+            messages_per_minute: config.client_messages_per_minute,
         });
         let (layer, io) = crate::broadcaster::socketio::layer(
             ctx,

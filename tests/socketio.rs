@@ -62,10 +62,19 @@ async fn socket_io_client_pages_work_unchanged() {
     let redis = redis_url();
     let out_path = out.clone();
     let (merged_tx, merged_rx) = tokio::sync::oneshot::channel();
+    // A native client in sport:all beside the Socket.IO pages.
+    let (mut native, _) = WsClient::connect_welcomed(&format!("ws://{}/ws", server.addr)).await;
+    native
+        .send(json!({"type": "subscribe", "room": "sport:all"}))
+        .await;
     let driver = tokio::spawn(async move {
+        let mut view = RoomView::default();
         // Random prices for 4 s, then quiet until the page has written what it merged.
         let until = tokio::time::Instant::now() + Duration::from_secs(4);
         while tokio::time::Instant::now() < until {
+            while let Some(msg) = native.next_json(Duration::from_millis(1)).await {
+                view.apply(&msg);
+            }
             let _ = sqlx::query(
                 "UPDATE outcomes SET external_price = round((random() * 0.8 + 0.1)::numeric, 3)
                   WHERE (event_id, name) IN (SELECT event_id, name FROM outcomes ORDER BY random() LIMIT 3)",
@@ -81,7 +90,10 @@ async fn socket_io_client_pages_work_unchanged() {
         let merged: Vec<Value> =
             serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
         let (_, stored) = stored_state(&redis, &channel).await;
-        let _ = merged_tx.send((merged, stored));
+        while let Some(msg) = native.next_json(Duration::from_millis(300)).await {
+            view.apply(&msg);
+        }
+        let _ = merged_tx.send((merged, stored, view));
         // Then one price keeps moving and the bridged channels keep talking.
         let mut i = 0u64;
         loop {
@@ -125,8 +137,12 @@ async fn socket_io_client_pages_work_unchanged() {
     result.expect("the node tests finish");
     let _ = std::fs::remove_file(&out);
     // What the page merged from the list and the updates is exactly the stored state.
-    let (merged, stored) = merged_rx.await.expect("the page wrote what it merged");
-    assert_eq!(prices(merged), prices(stored.into_values()));
+    let (merged, stored, native) = merged_rx.await.expect("the page wrote what it merged");
+    let stored = prices(stored.into_values());
+    assert_eq!(prices(merged), stored);
+    // The native client, served by the same hub, sees the same prices.
+    assert!(native.gaps.is_empty(), "{:?}", native.gaps);
+    assert_eq!(prices(native.events.into_values()), stored);
 
     let metrics = server.metrics().await;
     assert!(
@@ -139,6 +155,64 @@ async fn socket_io_client_pages_work_unchanged() {
         metric_value(&metrics, "oddsfeed_socketio_connections"),
         0.0,
         "{metrics}"
+    );
+    drop(server);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_reconnects_after_a_restart_and_floods_are_rate_limited() {
+    let db = TestDb::new().await;
+    seed_football(&db, 5).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (mut env, channel) = publisher_env(&db, &redis_url());
+    env.push(("LISTEN_ADDR", format!("127.0.0.1:{port}")));
+    env.push(("CLIENT_MESSAGES_PER_MINUTE", "20".into()));
+    let mut server = Server::start(&["serve"], &env).await;
+    wait_published(&redis_url(), &channel).await;
+
+    let ready = std::env::temp_dir().join(format!("oddsfeed-sio-ready-{}", random_suffix()));
+    let node_env = vec![
+        ("ODDSFEED_HTTP_URL", format!("http://127.0.0.1:{port}")),
+        ("SIO_READY", ready.display().to_string()),
+    ];
+    let node = tokio::spawn(async move {
+        run_node_tests("test/socketio-restart.test.mjs", &node_env, 2).await
+    });
+    eventually(Duration::from_secs(20), "the page ready", || async {
+        ready.exists().then_some(())
+    })
+    .await;
+    server.kill().await;
+    let server = Server::start(&["serve"], &env).await;
+    // Prices move after the restart until the page has seen it.
+    let pool = db.pool.clone();
+    let churn = tokio::spawn(async move {
+        for i in 0u64.. {
+            let _ = sqlx::query(
+                "UPDATE outcomes SET external_price = $1 WHERE event_id = 'e0' AND name = 'HOME'",
+            )
+            .bind(0.2 + (i % 50) as f64 / 100.0)
+            .execute(&pool)
+            .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let result = tokio::time::timeout(Duration::from_secs(60), node).await;
+    churn.abort();
+    result.expect("the node tests finish").expect("node ran");
+    let _ = std::fs::remove_file(&ready);
+    // The page that reconnected is served by the new process.
+    let metrics = server.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "oddsfeed_ws_messages_sent_total{kind=\"socketio\"}"
+        ) > 0.0
     );
     drop(server);
     db.drop_db().await;

@@ -164,8 +164,8 @@ impl SessionContext {
     }
 }
 
-/// Token bucket for client messages.
-struct RateLimit {
+/// Token bucket for client messages (also the Socket.IO endpoint's).
+pub(crate) struct RateLimit {
     tokens: f64,
     capacity: f64,
     per_second: f64,
@@ -173,7 +173,7 @@ struct RateLimit {
 }
 
 impl RateLimit {
-    fn new(per_minute: u32) -> Self {
+    pub(crate) fn new(per_minute: u32) -> Self {
         let capacity = f64::from(per_minute.max(1));
         Self {
             tokens: capacity,
@@ -183,7 +183,7 @@ impl RateLimit {
         }
     }
 
-    fn allow(&mut self) -> bool {
+    pub(crate) fn allow(&mut self) -> bool {
         let now = Instant::now();
         self.tokens =
             (self.tokens + (now - self.last).as_secs_f64() * self.per_second).min(self.capacity);

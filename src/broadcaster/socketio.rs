@@ -55,6 +55,33 @@ pub struct Context {
     pub auth_cookie: Option<String>,
     /// Sockets connected now (for /health).
     pub connected: Arc<AtomicUsize>,
+    /// `CLIENT_MESSAGES_PER_MINUTE`, per socket as per native connection.
+    pub messages_per_minute: u32,
+}
+
+/// A socket's budget of client events: over it, the event is ignored and an `error`
+/// `rate_limited` sent (at most one a second).
+struct Budget {
+    rate: super::session::RateLimit,
+    last_error: Option<std::time::Instant>,
+}
+
+impl Budget {
+    fn allow(budget: &std::sync::Mutex<Budget>, socket: &SocketRef) -> bool {
+        let mut b = budget.lock().unwrap_or_else(|p| p.into_inner());
+        if b.rate.allow() {
+            return true;
+        }
+        if b.last_error
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            b.last_error = Some(std::time::Instant::now());
+            error(socket, "rate_limited", "too many messages; slow down");
+        } else {
+            counter!(m::WS_CLIENT_ERRORS, "code" => "rate_limited").increment(1);
+        }
+        false
+    }
 }
 
 /// Builds the layer for the router; spawn [`run_feed`] with the returned handle.
@@ -121,12 +148,20 @@ fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) {
     }
     ctx.hub.socketio_join(socket.id, None);
 
-    let hub = ctx.hub.clone();
+    // Every client event spends from one budget per socket, as native messages do.
+    let budget = Arc::new(std::sync::Mutex::new(Budget {
+        rate: super::session::RateLimit::new(ctx.messages_per_minute),
+        last_error: None,
+    }));
+    let (hub, b) = (ctx.hub.clone(), budget.clone());
     socket.on(
         "join-sport",
         move |socket: SocketRef, Data::<Value>(sport)| {
-            let hub = hub.clone();
+            let (hub, budget) = (hub.clone(), b.clone());
             async move {
+                if !Budget::allow(&budget, &socket) {
+                    return;
+                }
                 match sport.as_str().map(|s| sport_key(Some(s), false)) {
                     Some(key) if !key.is_empty() => hub.socketio_join(socket.id, Some(key)),
                     _ => error(&socket, "bad_request", "join-sport takes a sport name"),
@@ -134,19 +169,28 @@ fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) {
             }
         },
     );
+    let b = budget.clone();
     socket.on(
         "leave-sport",
-        async |socket: SocketRef, Data::<Value>(sport)| {
-            if let Some(sport) = sport.as_str() {
-                socket.leave(format!("sport:{}", sport_key(Some(sport), false)));
+        move |socket: SocketRef, Data::<Value>(sport)| {
+            let budget = b.clone();
+            async move {
+                if Budget::allow(&budget, &socket)
+                    && let Some(sport) = sport.as_str()
+                {
+                    socket.leave(format!("sport:{}", sport_key(Some(sport), false)));
+                }
             }
         },
     );
+    let b = budget.clone();
     socket.on("join-user-room", move |socket: SocketRef, Data::<Value>(user)| {
-        let identity = identity.clone();
+        let (identity, budget) = (identity.clone(), b.clone());
         async move {
-            let user = user_id(&user);
-            match (&identity, user) {
+            if !Budget::allow(&budget, &socket) {
+                return;
+            }
+            match (&identity, user_id(&user)) {
                 (Some(identity), Some(user)) if identity.sub == user => {
                     socket.join(format!("user:{user}"));
                 }
@@ -161,9 +205,14 @@ fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) {
     });
     socket.on(
         "leave-user-room",
-        async |socket: SocketRef, Data::<Value>(user)| {
-            if let Some(user) = user_id(&user) {
-                socket.leave(format!("user:{user}"));
+        move |socket: SocketRef, Data::<Value>(user)| {
+            let budget = budget.clone();
+            async move {
+                if Budget::allow(&budget, &socket)
+                    && let Some(user) = user_id(&user)
+                {
+                    socket.leave(format!("user:{user}"));
+                }
             }
         },
     );

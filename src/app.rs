@@ -145,6 +145,9 @@ fn shutdown_signal() -> CancellationToken {
     token
 }
 
+/// The Socket.IO layer and the admission its handshake check consults.
+type SocketIoParts = (socketioxide::layer::SocketIoLayer, Arc<Admission>);
+
 /// Builds the broadcaster: hub, relay task, and the state of its routes.
 fn broadcaster(
     config: &Config,
@@ -155,7 +158,7 @@ fn broadcaster(
 ) -> anyhow::Result<(
     BroadcasterState,
     http::BroadcasterHealth,
-    Option<socketioxide::layer::SocketIoLayer>,
+    Option<SocketIoParts>,
 )> {
     let fanout = Fanout::new(config.fanout_threads()).context("start the fan-out threads")?;
     let hub = Hub::new(
@@ -237,6 +240,7 @@ fn broadcaster(
             auth_cookie: config.socketio_auth_cookie.clone(),
             connected: socketio_connected.clone(),
             messages_per_minute: config.client_messages_per_minute,
+            max_rooms: config.max_rooms_per_connection,
         });
         let (layer, io) = crate::broadcaster::socketio::layer(
             ctx,
@@ -245,14 +249,15 @@ fn broadcaster(
         );
         // The feed is attached once; a restarted task takes the same receiver back.
         let feed = Arc::new(tokio::sync::Mutex::new(hub.attach_socketio()));
+        let feed_hub = hub.clone();
         supervisor.spawn("socketio", false, move |cancel| {
-            let (io, feed) = (io.clone(), feed.clone());
+            let (io, feed, hub) = (io.clone(), feed.clone(), feed_hub.clone());
             async move {
                 let mut feed = feed.lock().await;
-                crate::broadcaster::socketio::run_feed(io, &mut feed, cancel).await;
+                crate::broadcaster::socketio::run_feed(io, hub, &mut feed, cancel).await;
             }
         });
-        layer
+        (layer, admission.clone())
     });
     let node = format!("{:04x}", rand::random::<u16>());
     let state = BroadcasterState {
@@ -440,8 +445,13 @@ async fn serve(config: Config, roles: Roles) -> anyhow::Result<()> {
     }));
 
     // Last, so it sees every request: it answers /socket.io/ and passes the rest on.
-    if let Some(layer) = socketio_layer {
-        router = router.layer(layer);
+    if let Some((layer, admission)) = socketio_layer {
+        router = router
+            .layer(layer)
+            .layer(axum::middleware::from_fn_with_state(
+                admission,
+                crate::broadcaster::socketio::precheck,
+            ));
     }
     let backlog = config
         .listen_backlog

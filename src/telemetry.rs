@@ -35,6 +35,7 @@ pub const WS_CONNECTIONS: &str = "oddsfeed_ws_connections";
 pub const SOCKETIO_CONNECTIONS: &str = "oddsfeed_socketio_connections";
 pub const SOCKETIO_FEED_DROPPED: &str = "oddsfeed_socketio_feed_dropped_total";
 pub const SOCKETIO_FEED_RESETS: &str = "oddsfeed_socketio_feed_resets_total";
+pub const SOCKETIO_RESYNCS: &str = "oddsfeed_socketio_resyncs_total";
 pub const WS_CONNECTIONS_TOTAL: &str = "oddsfeed_ws_connections_total";
 pub const WS_REJECTED_CONNECTIONS: &str = "oddsfeed_ws_rejected_connections_total";
 pub const WS_ROOMS: &str = "oddsfeed_ws_rooms";
@@ -249,7 +250,11 @@ pub fn register_broadcaster_metrics() {
     ] {
         metrics::gauge!(name).increment(0.0);
     }
-    for name in [SOCKETIO_FEED_DROPPED, SOCKETIO_FEED_RESETS] {
+    for name in [
+        SOCKETIO_FEED_DROPPED,
+        SOCKETIO_FEED_RESETS,
+        SOCKETIO_RESYNCS,
+    ] {
         metrics::counter!(name).increment(0);
     }
     for room in ["all", "sport", "event"] {
@@ -461,6 +466,11 @@ fn describe() {
         SOCKETIO_FEED_DROPPED,
         Unit::Count,
         "Items the hub could not queue for the Socket.IO endpoint (its clients then get the whole book)."
+    );
+    describe_counter!(
+        SOCKETIO_RESYNCS,
+        Unit::Count,
+        "Socket.IO sockets whose send buffer was full: they left their odds rooms and got fresh lists a second later."
     );
     describe_counter!(
         SOCKETIO_FEED_RESETS,

@@ -172,8 +172,26 @@ async fn a_page_reconnects_after_a_restart_and_floods_are_rate_limited() {
     let (mut env, channel) = publisher_env(&db, &redis_url());
     env.push(("LISTEN_ADDR", format!("127.0.0.1:{port}")));
     env.push(("CLIENT_MESSAGES_PER_MINUTE", "20".into()));
+    env.push(("ALLOWED_ORIGINS", "http://pages.example".into()));
     let mut server = Server::start(&["serve"], &env).await;
     wait_published(&redis_url(), &channel).await;
+
+    // A handshake from an origin not allowed is refused before any session exists.
+    let status = |origin: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        tcp.read_exact(&mut head).await.unwrap();
+        String::from_utf8_lossy(&head[9..12]).to_string()
+    };
+    assert_eq!(status("http://evil.example").await, "403");
+    assert_eq!(status("http://pages.example").await, "200");
 
     let ready = std::env::temp_dir().join(format!("oddsfeed-sio-ready-{}", random_suffix()));
     let node_env = vec![
@@ -202,7 +220,7 @@ async fn a_page_reconnects_after_a_restart_and_floods_are_rate_limited() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let result = tokio::time::timeout(Duration::from_secs(60), node).await;
+    let result = tokio::time::timeout(Duration::from_secs(120), node).await;
     churn.abort();
     result.expect("the node tests finish").expect("node ran");
     let _ = std::fs::remove_file(&ready);

@@ -38,12 +38,12 @@ impl Admission {
         }
     }
 
-    /// Takes a place for a connection from `ip`, or says why there is none.
-    pub fn admit(
-        self: &Arc<Self>,
+    /// Why a connection from `ip` would be refused now, if it would.
+    fn full(
+        &self,
+        open: &HashMap<IpAddr, usize>,
         ip: IpAddr,
-    ) -> Result<ConnectionGuard, (StatusCode, &'static str, String)> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+    ) -> Result<(), (StatusCode, &'static str, String)> {
         if self.total.load(Ordering::SeqCst) >= self.max_connections {
             return Err((
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -54,8 +54,7 @@ impl Admission {
                 ),
             ));
         }
-        let count = open.entry(ip).or_insert(0);
-        if *count >= self.max_connections_per_ip {
+        if open.get(&ip).copied().unwrap_or(0) >= self.max_connections_per_ip {
             return Err((
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_connections_from_address",
@@ -65,6 +64,24 @@ impl Admission {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Whether a connection from `ip` would be admitted now, without taking a place (a check
+    /// before a handshake whose connection takes its place later).
+    pub fn has_room(&self, ip: IpAddr) -> Result<(), (StatusCode, &'static str, String)> {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        self.full(&open, ip)
+    }
+
+    /// Takes a place for a connection from `ip`, or says why there is none.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+    ) -> Result<ConnectionGuard, (StatusCode, &'static str, String)> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        self.full(&open, ip)?;
+        let count = open.entry(ip).or_insert(0);
         *count += 1;
         self.total.fetch_add(1, Ordering::SeqCst);
         gauge!(m::WS_CONNECTIONS).increment(1.0);

@@ -171,6 +171,8 @@ struct Inner {
     due: Vec<Arc<Outbox>>,
     /// The Socket.IO endpoint's feed, fed in this lock's order (`None` when it is off).
     socketio: Option<Feed>,
+    /// The book as a Socket.IO list (publishing order), shared by every join at that seq.
+    socketio_list: Option<(u64, Arc<Vec<Event>>)>,
 }
 
 /// The shared registry. Cheap to clone.
@@ -337,6 +339,7 @@ impl Hub {
                 sessions: HashMap::new(),
                 due: Vec::new(),
                 socketio: None,
+                socketio_list: None,
             })),
             limits,
             fanout,
@@ -363,22 +366,25 @@ impl Hub {
     }
 
     /// A Socket.IO socket joins the global list (`sport` `None`) or a sport's: the feed gets
-    /// the events it holds now, in publishing order, and every change after them.
-    pub fn socketio_join(&self, socket: SocketId, sport: Option<String>) {
+    /// the events it holds now, in publishing order, and every change after them. False when
+    /// the feed is full (the caller tries again later).
+    pub fn socketio_join(&self, socket: SocketId, sport: Option<String>) -> bool {
         let mut inner = self.lock();
-        let mut events: Vec<&Event> = match (&inner.book, &sport) {
-            (Some(book), None) => book.events().collect(),
-            (Some(book), Some(key)) => book.events().filter(|e| e.view.sport == *key).collect(),
-            (None, _) => Vec::new(),
-        };
-        events.sort_by(publishing_order);
-        let events = events.into_iter().cloned().collect();
-        if let Some(feed) = inner.socketio.as_mut() {
-            feed.push(FeedItem::Join {
+        let events = socketio_list(&mut inner);
+        match inner.socketio.as_mut() {
+            Some(feed) => feed.push(FeedItem::Join {
                 socket,
                 sport,
                 events,
-            });
+            }),
+            None => false,
+        }
+    }
+
+    /// A Socket.IO socket leaves a sport's room, in order with its joins.
+    pub fn socketio_leave(&self, socket: SocketId, sport: String) {
+        if let Some(feed) = self.lock().socketio.as_mut() {
+            feed.push(FeedItem::Leave { socket, sport });
         }
     }
 
@@ -568,9 +574,19 @@ impl Hub {
             return;
         };
         let old_epoch = inner.epoch().to_string();
-        inner.book = Some(state.into_book());
+        let old = inner.book.replace(state.into_book());
         let new_epoch = inner.epoch().to_string();
-        feed_reset(&mut inner);
+        if inner.socketio.is_some() {
+            let gone: Vec<Event> = match (&old, &inner.book) {
+                (Some(old), Some(new)) => old
+                    .events()
+                    .filter(|e| new.get(&e.id).is_none())
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            feed_reset(&mut inner, gone);
+        }
         let names: Vec<(String, OddsRoom)> = inner
             .rooms
             .iter()
@@ -740,6 +756,13 @@ impl Hub {
         drop(changed);
 
         let lost = inner.socketio.as_ref().map(|f| f.lost);
+        let all_removals_events: Vec<Event> = match (lost, inner.book.as_ref()) {
+            (Some(true), Some(book)) => all_removals
+                .iter()
+                .filter_map(|id| book.get(id).cloned())
+                .collect(),
+            _ => Vec::new(),
+        };
         if lost == Some(false) {
             let item = feed_odds(
                 inner.book.as_ref(),
@@ -759,7 +782,12 @@ impl Hub {
         }
         if lost == Some(true) {
             counter!(m::SOCKETIO_FEED_RESETS).increment(1);
-            feed_reset(&mut inner);
+            // This message's removals too: the reset replaces it.
+            let mut gone: Vec<Event> = all_removals_events;
+            if let Some(feed) = inner.socketio.as_mut() {
+                gone.append(&mut feed.removed);
+            }
+            feed_reset(&mut inner, gone);
         }
         for (odds, room, full, changes, seq) in frames {
             let kind = full.kind;
@@ -834,16 +862,33 @@ impl Hub {
     }
 }
 
-/// Sends the Socket.IO clients the whole book as their new list (after a reload, or when the
-/// feed dropped something).
-fn feed_reset(inner: &mut Inner) {
-    let Some(book) = &inner.book else { return };
-    let mut events: Vec<&Event> = book.events().collect();
+/// The book as a Socket.IO list in publishing order, built once per seq and shared.
+fn socketio_list(inner: &mut Inner) -> Arc<Vec<Event>> {
+    let seq = inner.book.as_ref().map_or(0, Book::seq);
+    if let Some((cached, list)) = &inner.socketio_list
+        && *cached == seq
+    {
+        return list.clone();
+    }
+    let mut events: Vec<&Event> = inner.book.iter().flat_map(Book::events).collect();
     events.sort_by(publishing_order);
-    let events = events.into_iter().cloned().collect();
+    let list: Arc<Vec<Event>> = Arc::new(events.into_iter().cloned().collect());
+    inner.socketio_list = Some((seq, list.clone()));
+    list
+}
+
+/// Sends the Socket.IO clients the whole book as their new list (after a reload, or when the
+/// feed dropped something), with the events that went away meanwhile.
+fn feed_reset(inner: &mut Inner, removed: Vec<Event>) {
+    if inner.book.is_none() {
+        return;
+    }
+    // A reload may keep the seq with other content: never reuse the cached list here.
+    inner.socketio_list = None;
+    let events = socketio_list(inner);
     if let Some(feed) = inner.socketio.as_mut() {
         feed.lost = false;
-        feed.push(FeedItem::Reset { events });
+        feed.push(FeedItem::Reset { events, removed });
     }
 }
 

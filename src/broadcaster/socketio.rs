@@ -17,24 +17,28 @@
 //! A removed event is sent once more inside `events` with `removed: true`, `suspended: true`
 //! and no prices (a page that merges by id shows it suspended), and its id in `removals`.
 //!
-//! Admission (caps, Origin) is the native endpoint's; a socket whose send buffer is full is
-//! disconnected (its client reconnects and gets a fresh list) rather than silently skipped.
+//! Admission (caps, Origin) is the native endpoint's, checked on the handshake request before
+//! any session exists ([`precheck`]) and again when the socket connects. A socket whose send
+//! buffer is full leaves its odds rooms at once and gets fresh lists a second later, so it
+//! never silently misses a change.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::http::header;
+use axum::response::IntoResponse;
 use metrics::{counter, gauge};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use socketioxide::extract::{Data, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, TransportType};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
-use super::auth::{Identity, Verifier};
+use super::auth::Verifier;
 use super::rooms::Hub;
 use super::socketio_feed::FeedItem;
 use crate::net::ClientAddr;
@@ -57,6 +61,8 @@ pub struct Context {
     pub connected: Arc<AtomicUsize>,
     /// `CLIENT_MESSAGES_PER_MINUTE`, per socket as per native connection.
     pub messages_per_minute: u32,
+    /// `MAX_ROOMS_PER_CONNECTION`.
+    pub max_rooms: usize,
 }
 
 /// A socket's budget of client events: over it, the event is ignored and an `error`
@@ -91,14 +97,88 @@ pub fn layer(ctx: Arc<Context>, max_payload: u64, max_buffer: usize) -> (SocketI
         .max_buffer_size(max_buffer)
         .transports([TransportType::Polling, TransportType::Websocket])
         .build_layer();
-    io.ns(
-        "/",
-        move |socket: SocketRef, TryData(auth): TryData<Value>| {
-            let ctx = ctx.clone();
-            async move { on_connect(ctx, socket, auth.ok()) }
-        },
-    );
+    // The middleware runs before socketioxide tells the client it is connected, so the event
+    // handlers it registers are there for the client's very first event; the handler runs
+    // after, when the socket can be sent its list.
+    let hub = ctx.hub.clone();
+    let handler = move |socket: SocketRef| {
+        let hub = hub.clone();
+        async move {
+            if !hub.socketio_join(socket.id, None) {
+                join_later(hub, socket, vec![None]);
+            }
+        }
+    };
+    let middleware = move |socket: SocketRef, TryData(auth): TryData<Value>| {
+        let ctx = ctx.clone();
+        async move { on_connect(ctx, socket, auth.ok()) }
+    };
+    io.ns("/", handler.with(middleware));
     (layer, io)
+}
+
+/// Why a Socket.IO connection was refused (sent to the client as its `connect_error`).
+#[derive(Debug)]
+pub struct Refused {
+    code: &'static str,
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+fn refuse(code: &'static str, message: String) -> Result<(), Refused> {
+    counter!(m::WS_REJECTED_CONNECTIONS, "reason" => code).increment(1);
+    Err(Refused { code, message })
+}
+
+/// Refuses a Socket.IO handshake (a request without `sid`) at the HTTP level when its Origin
+/// is not allowed or the connection caps are full: a refusal inside the Socket.IO session
+/// would leave its connection open. socket.io-client retries a refused handshake by itself.
+pub async fn precheck(
+    axum::extract::State(admission): axum::extract::State<Arc<Admission>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let handshake = req.uri().path().starts_with("/socket.io")
+        && !req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("sid=")));
+    if handshake {
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok());
+        let refusal = match origin {
+            Some(origin)
+                if !admission.allowed_origins.is_empty()
+                    && !admission.allowed_origins.iter().any(|a| a == origin) =>
+            {
+                Some((
+                    axum::http::StatusCode::FORBIDDEN,
+                    "origin_not_allowed",
+                    format!("origin {origin} is not allowed"),
+                ))
+            }
+            _ => req
+                .extensions()
+                .get::<ClientAddr>()
+                .and_then(|c| admission.has_room(c.ip).err()),
+        };
+        if let Some((status, code, message)) = refusal {
+            counter!(m::WS_REJECTED_CONNECTIONS, "reason" => code).increment(1);
+            return (
+                status,
+                axum::Json(json!({ "status": "error", "error": code, "message": message })),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Keeps a socket's admission place and the connected count for its lifetime.
@@ -114,7 +194,8 @@ impl Drop for Place {
     }
 }
 
-fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) {
+/// Admits a connecting socket (Origin, caps) and registers its event handlers.
+fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) -> Result<(), Refused> {
     let parts = socket.req_parts();
     let origin = parts
         .headers
@@ -125,14 +206,14 @@ fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) {
         && !ctx.admission.allowed_origins.iter().any(|a| a == origin)
     {
         let message = format!("origin {origin} is not allowed");
-        return refuse(socket, "origin_not_allowed", message);
+        return refuse("origin_not_allowed", message);
     }
     let Some(client) = parts.extensions.get::<ClientAddr>().cloned() else {
-        return refuse(socket, "internal", "no client address".into());
+        return refuse("internal", "no client address".into());
     };
     let guard = match ctx.admission.admit(client.ip) {
         Ok(guard) => guard,
-        Err((_, code, message)) => return refuse(socket, code, message),
+        Err((_, code, message)) => return refuse(code, message),
     };
     ctx.connected.fetch_add(1, Ordering::Relaxed);
     gauge!(m::SOCKETIO_CONNECTIONS).increment(1.0);
@@ -141,19 +222,38 @@ fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) {
         connected: ctx.connected.clone(),
     });
     socket.on_disconnect(async move || drop(place));
-    let identity = token(&socket, auth.as_ref(), ctx.auth_cookie.as_deref())
-        .and_then(|t| ctx.verifier.verify(&t).ok());
-    if identity.as_ref().is_some_and(Identity::is_admin) {
-        socket.join(ADMINS);
+    // A cookie rides along with any site's WebSocket: it counts only when ALLOWED_ORIGINS
+    // has vouched for the page (checked above).
+    let cookie = ctx
+        .auth_cookie
+        .as_deref()
+        .filter(|_| !ctx.admission.allowed_origins.is_empty());
+    let identity = token(&socket, auth.as_ref(), cookie).and_then(|t| ctx.verifier.verify(&t).ok());
+    if let Some(identity) = &identity {
+        if identity.is_admin() {
+            socket.join(ADMINS);
+        }
+        // At `exp` the token stops granting anything: private rooms are left.
+        let (socket, wait) = (
+            socket.clone(),
+            identity.expires_at.saturating_sub(now_secs()),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            for room in socket.rooms() {
+                if room == ADMINS || room.starts_with("user:") {
+                    socket.leave(room.to_string());
+                }
+            }
+        });
     }
-    ctx.hub.socketio_join(socket.id, None);
 
     // Every client event spends from one budget per socket, as native messages do.
     let budget = Arc::new(std::sync::Mutex::new(Budget {
         rate: super::session::RateLimit::new(ctx.messages_per_minute),
         last_error: None,
     }));
-    let (hub, b) = (ctx.hub.clone(), budget.clone());
+    let (hub, b, max_rooms) = (ctx.hub.clone(), budget.clone(), ctx.max_rooms);
     socket.on(
         "join-sport",
         move |socket: SocketRef, Data::<Value>(sport)| {
@@ -162,23 +262,37 @@ fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) {
                 if !Budget::allow(&budget, &socket) {
                     return;
                 }
-                match sport.as_str().map(|s| sport_key(Some(s), false)) {
-                    Some(key) if !key.is_empty() => hub.socketio_join(socket.id, Some(key)),
-                    _ => error(&socket, "bad_request", "join-sport takes a sport name"),
+                let Some(key) = sport.as_str().map(|s| sport_key(Some(s), false)) else {
+                    return error(&socket, "bad_request", "join-sport takes a sport name");
+                };
+                let rooms = socket.rooms();
+                if rooms.iter().any(|r| *r == room_of(Some(&key))) {
+                    return;
+                }
+                if rooms.len() >= max_rooms {
+                    return error(
+                        &socket,
+                        "too_many_rooms",
+                        "too many rooms for one connection",
+                    );
+                }
+                if !hub.socketio_join(socket.id, Some(key.clone())) {
+                    join_later(hub, socket, vec![Some(key)]);
                 }
             }
         },
     );
-    let b = budget.clone();
+    let (hub, b) = (ctx.hub.clone(), budget.clone());
     socket.on(
         "leave-sport",
         move |socket: SocketRef, Data::<Value>(sport)| {
-            let budget = b.clone();
+            let (hub, budget) = (hub.clone(), b.clone());
             async move {
                 if Budget::allow(&budget, &socket)
                     && let Some(sport) = sport.as_str()
                 {
-                    socket.leave(format!("sport:{}", sport_key(Some(sport), false)));
+                    // Through the hub, so it cannot overtake a join still queued.
+                    hub.socketio_leave(socket.id, sport_key(Some(sport), false));
                 }
             }
         },
@@ -190,6 +304,7 @@ fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) {
             if !Budget::allow(&budget, &socket) {
                 return;
             }
+            let identity = identity.filter(|i| i.expires_at > now_secs());
             match (&identity, user_id(&user)) {
                 (Some(identity), Some(user)) if identity.sub == user => {
                     socket.join(format!("user:{user}"));
@@ -216,6 +331,13 @@ fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) {
             }
         },
     );
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A user id as pages send it: a string or a number.
@@ -257,15 +379,10 @@ fn error(socket: &SocketRef, code: &str, message: &str) {
     let _ = socket.emit("error", &json!({ "error": code, "message": message }));
 }
 
-fn refuse(socket: SocketRef, code: &str, message: String) {
-    counter!(m::WS_REJECTED_CONNECTIONS, "reason" => code.to_string()).increment(1);
-    let _ = socket.emit("error", &json!({ "error": code, "message": message }));
-    let _ = socket.disconnect();
-}
-
 /// Turns the hub's feed into Socket.IO events, in the hub's order, until cancelled.
 pub async fn run_feed(
     io: SocketIo,
+    hub: Hub,
     feed: &mut mpsc::Receiver<FeedItem>,
     cancel: CancellationToken,
 ) {
@@ -286,18 +403,23 @@ pub async fn run_feed(
                 let Some(s) = io.get_socket(socket) else {
                     continue;
                 };
-                let refs: Vec<&Event> = events.iter().collect();
-                let payload = list(sport.as_deref(), &refs, true);
-                if send(&s, &payload) {
-                    s.join(match sport {
-                        Some(key) => format!("sport:{key}"),
-                        None => ALL.to_string(),
-                    });
+                let mine: Vec<&Event> = events
+                    .iter()
+                    .filter(|e| sport.as_ref().is_none_or(|key| e.view.sport == *key))
+                    .collect();
+                let room = room_of(sport.as_deref());
+                if send(&hub, &s, &list(sport.as_deref(), &mine, &[])) {
+                    s.join(room);
                 }
             }
-            FeedItem::Reset { events } => {
+            FeedItem::Leave { socket, sport } => {
+                if let Some(s) = io.get_socket(socket) {
+                    s.leave(room_of(Some(&sport)));
+                }
+            }
+            FeedItem::Reset { events, removed } => {
                 let refs: Vec<&Event> = events.iter().collect();
-                emit(&io, ALL, &list(None, &refs, true));
+                emit(&hub, &io, ALL, &list(None, &refs, &removed));
                 for room in sport_rooms(&io) {
                     let key = room.trim_start_matches("sport:");
                     let mine: Vec<&Event> = refs
@@ -305,7 +427,12 @@ pub async fn run_feed(
                         .copied()
                         .filter(|e| e.view.sport == key)
                         .collect();
-                    emit(&io, &room, &list(Some(key), &mine, true));
+                    let gone: Vec<Event> = removed
+                        .iter()
+                        .filter(|e| e.view.sport == key)
+                        .cloned()
+                        .collect();
+                    emit(&hub, &io, &room, &list(Some(key), &mine, &gone));
                 }
             }
             FeedItem::Odds {
@@ -315,11 +442,6 @@ pub async fn run_feed(
             } => {
                 let timestamp = published_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                 let mut all: Vec<Value> = Vec::new();
-                let moved: Vec<&str> = sports
-                    .iter()
-                    .flat_map(|s| &s.upserts)
-                    .map(|e| e.id.as_str())
-                    .collect();
                 for change in &sports {
                     all.extend(
                         change
@@ -336,6 +458,7 @@ pub async fn run_feed(
                     let removals: Vec<&str> =
                         change.removed.iter().map(|e| e.id.as_str()).collect();
                     emit(
+                        &hub,
                         &io,
                         &format!("sport:{}", change.key),
                         &named(
@@ -350,14 +473,10 @@ pub async fn run_feed(
                         ),
                     );
                 }
-                all.extend(
-                    all_removed
-                        .iter()
-                        .filter(|e| !moved.contains(&e.id.as_str()))
-                        .map(removed),
-                );
+                all.extend(all_removed.iter().map(removed));
                 let removals: Vec<&str> = all_removed.iter().map(|e| e.id.as_str()).collect();
                 emit(
+                    &hub,
                     &io,
                     ALL,
                     &named(
@@ -371,13 +490,13 @@ pub async fn run_feed(
                     ),
                 );
             }
-            FeedItem::Bridged { channel, data } => bridged(&io, &channel, &data),
+            FeedItem::Bridged { channel, data } => bridged(&hub, &io, &channel, &data),
         }
     }
 }
 
 /// The earlier relay's bridged events.
-fn bridged(io: &SocketIo, channel: &str, data: &Value) {
+fn bridged(hub: &Hub, io: &SocketIo, channel: &str, data: &Value) {
     let field = |name: &str| {
         data.get(name).and_then(|v| match v {
             Value::String(s) => Some(s.clone()),
@@ -388,23 +507,28 @@ fn bridged(io: &SocketIo, channel: &str, data: &Value) {
     match channel {
         "event-updates" => {
             if let Some(id) = field("eventId") {
-                emit(io, ALL, &named(&format!("odds-update-{id}"), data));
+                emit(hub, io, ALL, &named(&format!("odds-update-{id}"), data));
             }
         }
         "chat-messages" => {
             if let Some(id) = field("eventId") {
-                emit(io, ALL, &named(&format!("chat-message-{id}"), data));
+                emit(hub, io, ALL, &named(&format!("chat-message-{id}"), data));
             }
         }
         "admin-events" => {
             if let Some(kind) = field("type") {
                 let payload = data.get("payload").cloned().unwrap_or(Value::Null);
-                emit(io, ADMINS, &named(&format!("admin:{kind}"), &payload));
+                emit(hub, io, ADMINS, &named(&format!("admin:{kind}"), &payload));
             }
         }
         "user-updates" => {
             if let Some(user) = field("userId") {
-                emit(io, &format!("user:{user}"), &named("user-update", data));
+                emit(
+                    hub,
+                    io,
+                    &format!("user:{user}"),
+                    &named("user-update", data),
+                );
             }
         }
         _ => {}
@@ -425,15 +549,30 @@ fn named(event: &str, payload: &Value) -> Named {
     }
 }
 
-/// `sports:odds-update` with a list: the whole of `events` as the room's current state.
-fn list(sport: Option<&str>, events: &[&Event], snapshot: bool) -> Named {
+/// The Socket.IO room of the global list (`None`) or of a sport.
+fn room_of(sport: Option<&str>) -> String {
+    match sport {
+        Some(key) => format!("sport:{key}"),
+        None => ALL.to_string(),
+    }
+}
+
+/// `sports:odds-update` with a list: the whole of `events` as the room's current state, and
+/// `gone`, events that went away since the room's previous list (announced as removals).
+fn list(sport: Option<&str>, events: &[&Event], gone: &[Event]) -> Named {
     let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut entries: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .collect();
+    entries.extend(gone.iter().map(removed));
+    let removals: Vec<&str> = gone.iter().map(|e| e.id.as_str()).collect();
     let mut payload = json!({
         "timestamp": timestamp,
-        "count": events.len(),
-        "events": events,
-        "removals": [],
-        "snapshot": snapshot,
+        "count": entries.len(),
+        "events": entries,
+        "removals": removals,
+        "snapshot": true,
     });
     if let Some(sport) = sport {
         payload["sport"] = json!(sport);
@@ -473,26 +612,55 @@ fn sport_rooms(io: &SocketIo) -> Vec<String> {
     rooms
 }
 
-/// Sends to one socket; a socket whose buffer is full is disconnected (counted) and false
-/// returned, so it never silently misses a change.
-fn send(socket: &SocketRef, named: &Named) -> bool {
+/// How long a socket whose buffer was full waits before it gets fresh lists.
+const RECOVER_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sends to one socket. A socket whose buffer is full cannot be told anything, not even to
+/// disconnect: it leaves its odds rooms at once (so it never holds a list with a change
+/// missing) and, after [`RECOVER_AFTER`], joins them again through the hub, which sends fresh
+/// lists (counted in `oddsfeed_socketio_resyncs_total`). Returns whether it was sent.
+fn send(hub: &Hub, socket: &SocketRef, named: &Named) -> bool {
     match socket.emit(named.event.as_str(), &*named.payload) {
         Ok(()) => {
             counter!(m::WS_MESSAGES_SENT, "kind" => "socketio").increment(1);
             counter!(m::WS_BYTES_SENT).increment(named.payload.get().len() as u64);
             true
         }
+        Err(_) if !socket.connected() => false,
         Err(_) => {
-            counter!(m::WS_SLOW_CLIENTS_CLOSED, "limit" => "socketio_buffer").increment(1);
-            let _ = socket.clone().disconnect();
+            counter!(m::SOCKETIO_RESYNCS).increment(1);
+            let odds: Vec<Option<String>> = socket
+                .rooms()
+                .iter()
+                .filter_map(|r| match r.as_ref() {
+                    ALL => Some(None),
+                    r => r.strip_prefix("sport:").map(|k| Some(k.to_string())),
+                })
+                .collect();
+            for sport in &odds {
+                socket.leave(room_of(sport.as_deref()));
+            }
+            join_later(hub.clone(), socket.clone(), odds);
             false
         }
     }
 }
 
+/// Joins `rooms` (`None`: the global list) through the hub after [`RECOVER_AFTER`], again
+/// and again while the feed is full.
+fn join_later(hub: Hub, socket: SocketRef, rooms: Vec<Option<String>>) {
+    tokio::spawn(async move {
+        let mut left = rooms;
+        while !left.is_empty() && socket.connected() {
+            tokio::time::sleep(RECOVER_AFTER).await;
+            left.retain(|sport| !hub.socketio_join(socket.id, sport.clone()));
+        }
+    });
+}
+
 /// Sends `named` to every socket in `room`, serialised once.
-fn emit(io: &SocketIo, room: &str, named: &Named) {
+fn emit(hub: &Hub, io: &SocketIo, room: &str, named: &Named) {
     for socket in io.to(room.to_string()).sockets() {
-        send(&socket, named);
+        send(hub, &socket, named);
     }
 }

@@ -11,6 +11,8 @@
 //! it, and its next odds message is replaced by the whole book (counted), which is what the
 //! earlier relay sent every 500 ms anyway.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -33,15 +35,22 @@ pub enum FeedItem {
         sports: Vec<SportChange>,
         all_removed: Vec<Event>,
     },
-    /// The book was replaced (loaded from Redis): everything, as the new list.
-    Reset { events: Vec<Event> },
-    /// A socket joins `room` (`None`: the global list, on connect; `Some(key)`: a sport):
-    /// its list first, then it is in the room.
+    /// The book was replaced (loaded from Redis), or items were dropped: everything, as the
+    /// new list, and the events that went away meanwhile (their last published form).
+    Reset {
+        events: Arc<Vec<Event>>,
+        removed: Vec<Event>,
+    },
+    /// A socket joins the global list (`sport` `None`, on connect) or a sport's: its list
+    /// (`events` is the whole book in publishing order, shared; the task picks the sport's),
+    /// then it is in the room.
     Join {
         socket: SocketId,
         sport: Option<String>,
-        events: Vec<Event>,
+        events: Arc<Vec<Event>>,
     },
+    /// A socket leaves a sport's room, in order with its joins.
+    Leave { socket: SocketId, sport: String },
     /// A message on a bridged Redis channel.
     Bridged { channel: String, data: Value },
 }
@@ -60,18 +69,35 @@ pub struct Feed {
     tx: mpsc::Sender<FeedItem>,
     /// An item was dropped: the next odds message goes out as the whole book.
     pub lost: bool,
+    /// Events removed by odds items that were dropped, announced with the next reset.
+    pub removed: Vec<Event>,
 }
 
 impl Feed {
     /// A feed and the receiver the Socket.IO task reads.
     pub fn new() -> (Self, mpsc::Receiver<FeedItem>) {
         let (tx, rx) = mpsc::channel(FEED_CAPACITY);
-        (Self { tx, lost: false }, rx)
+        (
+            Self {
+                tx,
+                lost: false,
+                removed: Vec::new(),
+            },
+            rx,
+        )
     }
 
-    /// Queues `item` without waiting (the hub holds its lock); remembers a drop.
-    pub fn push(&mut self, item: FeedItem) {
-        if self.tx.try_send(item).is_err() {
+    /// Queues `item` without waiting (the hub holds its lock); remembers a drop (and what a
+    /// dropped odds item removed). Returns whether it was queued.
+    pub fn push(&mut self, item: FeedItem) -> bool {
+        let item = match self.tx.try_send(item) {
+            Ok(()) => return true,
+            Err(e) => e.into_inner(),
+        };
+        if let FeedItem::Odds { all_removed, .. } = item {
+            self.removed.extend(all_removed);
+        }
+        {
             if !self.lost {
                 tracing::warn!(
                     "the Socket.IO feed is full; its clients get the whole book with the next change"
@@ -80,5 +106,6 @@ impl Feed {
             metrics::counter!(crate::telemetry::SOCKETIO_FEED_DROPPED).increment(1);
             self.lost = true;
         }
+        false
     }
 }

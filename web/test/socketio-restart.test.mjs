@@ -22,7 +22,7 @@ async function until(what, check, timeoutMs = 10000) {
   }
 }
 
-test("a flood of client events is answered with rate_limited", async () => {
+test("a flood of client events is answered with rate_limited", { timeout: 25000 }, async () => {
   const socket = io(URL, { transports: ["websocket"] });
   const errors = [];
   socket.on("error", (e) => errors.push(e));
@@ -32,7 +32,7 @@ test("a flood of client events is answered with rate_limited", async () => {
   socket.disconnect();
 });
 
-test("the page reconnects after a restart, gets a fresh list, then live changes", async () => {
+test("the page reconnects after a restart, gets a fresh list, then live changes", { timeout: 25000 }, async () => {
   const socket = io(URL, { transports: ["websocket"], reconnectionDelay: 100, reconnectionDelayMax: 500 });
   let connects = 0;
   let lists = 0;

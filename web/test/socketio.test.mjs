@@ -46,7 +46,7 @@ function page(socket, selectedSport) {
   return state;
 }
 
-test("the page's merge, over WebSocket, ends where the Redis state is", async () => {
+test("the page's merge, over WebSocket, ends where the Redis state is", { timeout: 25000 }, async () => {
   const socket = connect({ transports: ["websocket"] });
   const state = page(socket, "Football");
   await until("the first list", () => state.first);
@@ -71,7 +71,7 @@ test("the page's merge, over WebSocket, ends where the Redis state is", async ()
   socket.disconnect();
 });
 
-test("leave-sport stops the sport's messages; the global ones go on", async () => {
+test("leave-sport stops the sport's messages; the global ones go on", { timeout: 25000 }, async () => {
   const socket = connect({ transports: ["websocket"] });
   const state = page(socket, "football");
   await until("the sport's list", () => state.sportUpdates >= 1);
@@ -85,7 +85,7 @@ test("leave-sport stops the sport's messages; the global ones go on", async () =
   socket.disconnect();
 });
 
-test("long-polling only", async () => {
+test("long-polling only", { timeout: 25000 }, async () => {
   const socket = connect({ transports: ["polling"] });
   const state = page(socket, "football");
   await until("the first list", () => state.first);
@@ -94,7 +94,7 @@ test("long-polling only", async () => {
   socket.disconnect();
 });
 
-test("bridged channels by name", async () => {
+test("bridged channels by name", { timeout: 25000 }, async () => {
   const socket = connect({ transports: ["websocket"] });
   const seen = {};
   for (const name of ["odds-update-e1", "chat-message-e1", "user-update", "admin:alert"]) {
@@ -110,7 +110,7 @@ test("bridged channels by name", async () => {
   socket.disconnect();
 });
 
-test("join-user-room needs the user's token", async () => {
+test("join-user-room needs the user's token", { timeout: 25000 }, async () => {
   const anonymous = connect({ transports: ["websocket"] });
   const errors = [];
   anonymous.on("error", (e) => errors.push(e));

@@ -685,6 +685,8 @@ pub async fn run_node_tests(file: &str, env: &[(&str, String)], passes: usize) {
         .args(["--test", file])
         .current_dir(web)
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        // A test that gives up on node (a timeout around this) must not leave it running.
+        .kill_on_drop(true)
         .output()
         .await
         .expect("node is installed");

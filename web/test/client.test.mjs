@@ -4,21 +4,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { OddsFeedClient } from "../oddsfeed-client.js";
+import { sleep, until } from "./wait.mjs";
 
 const URL = process.env.ODDSFEED_WS_URL;
 assert.ok(URL, "ODDSFEED_WS_URL is set by tests/web_client.rs");
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what, check, timeoutMs = 10000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 function client(options = {}) {
   return new OddsFeedClient(URL, { WebSocket, initialBackoffMs: 50, ...options });

@@ -5,22 +5,11 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { io } from "socket.io-client";
+import { sleep, until } from "./wait.mjs";
 
 const URL = process.env.ODDSFEED_HTTP_URL;
 const READY = process.env.SIO_READY;
 assert.ok(URL && READY, "set by tests/socketio.rs");
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what, check, timeoutMs = 10000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 test("a flood of client events is answered with rate_limited", { timeout: 25000 }, async () => {
   const socket = io(URL, { transports: ["websocket"] });

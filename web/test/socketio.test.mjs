@@ -5,24 +5,13 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { io } from "socket.io-client";
+import { sleep, until } from "./wait.mjs";
 
 const URL = process.env.ODDSFEED_HTTP_URL;
 const USER_TOKEN = process.env.USER_TOKEN; // sub "u1"
 const ADMIN_TOKEN = process.env.ADMIN_TOKEN; // sub "admin", role admin
 const OUT = process.env.SIO_OUT;
 assert.ok(URL && USER_TOKEN && ADMIN_TOKEN && OUT, "set by tests/socketio.rs");
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what, check, timeoutMs = 10000) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
 
 function connect(options = {}) {
   const socket = io(URL, { autoConnect: false, reconnectionDelay: 100, ...options });

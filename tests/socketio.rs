@@ -235,3 +235,47 @@ async fn a_page_reconnects_after_a_restart_and_floods_are_rate_limited() {
     drop(server);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_whose_send_buffer_filled_gets_fresh_lists() {
+    let db = TestDb::new().await;
+    seed_football(&db, 5).await;
+    let (mut env, channel) = publisher_env(&db, &redis_url());
+    env.push(("REPLAY_BUFFER_MESSAGES", "4".into()));
+    env.push(("SEND_QUEUE_FRAMES", "16".into()));
+    env.retain(|(k, _)| *k != "TICK_INTERVAL_MS");
+    env.push(("TICK_INTERVAL_MS", "50".into()));
+    let server = Server::start(&["serve"], &env).await;
+    wait_published(&redis_url(), &channel).await;
+    let pool = db.pool.clone();
+    let churn = tokio::spawn(async move {
+        for i in 0u64.. {
+            let _ = sqlx::query(
+                "UPDATE outcomes SET external_price = $1 WHERE event_id = 'e0' AND name = 'HOME'",
+            )
+            .bind(0.2 + (i % 50) as f64 / 100.0)
+            .execute(&pool)
+            .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let url = format!("http://{}", server.addr);
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        run_node_tests(
+            "test/socketio-slow.test.mjs",
+            &[("ODDSFEED_HTTP_URL", url)],
+            1,
+        ),
+    )
+    .await;
+    churn.abort();
+    result.expect("the node test finishes");
+    let metrics = server.metrics().await;
+    assert!(
+        metric_value(&metrics, "oddsfeed_socketio_resyncs_total") >= 1.0,
+        "{metrics}"
+    );
+    drop(server);
+    db.drop_db().await;
+}

@@ -408,7 +408,8 @@ pub async fn run_feed(
                     .filter(|e| sport.as_ref().is_none_or(|key| e.view.sport == *key))
                     .collect();
                 let room = room_of(sport.as_deref());
-                if send(&hub, &s, &list(sport.as_deref(), &mine, &[])) {
+                // A list that cannot be sent is retried with the socket's other rooms.
+                if send(&hub, &s, &list(sport.as_deref(), &mine, &[]), Some(sport)) {
                     s.join(room);
                 }
             }
@@ -618,8 +619,9 @@ const RECOVER_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Sends to one socket. A socket whose buffer is full cannot be told anything, not even to
 /// disconnect: it leaves its odds rooms at once (so it never holds a list with a change
 /// missing) and, after [`RECOVER_AFTER`], joins them again through the hub, which sends fresh
-/// lists (counted in `oddsfeed_socketio_resyncs_total`). Returns whether it was sent.
-fn send(hub: &Hub, socket: &SocketRef, named: &Named) -> bool {
+/// lists (counted in `oddsfeed_socketio_resyncs_total`). `joining` is the room whose list
+/// this is (not joined yet), recovered with the others. Returns whether it was sent.
+fn send(hub: &Hub, socket: &SocketRef, named: &Named, joining: Option<Option<String>>) -> bool {
     match socket.emit(named.event.as_str(), &*named.payload) {
         Ok(()) => {
             counter!(m::WS_MESSAGES_SENT, "kind" => "socketio").increment(1);
@@ -629,7 +631,7 @@ fn send(hub: &Hub, socket: &SocketRef, named: &Named) -> bool {
         Err(_) if !socket.connected() => false,
         Err(_) => {
             counter!(m::SOCKETIO_RESYNCS).increment(1);
-            let odds: Vec<Option<String>> = socket
+            let mut odds: Vec<Option<String>> = socket
                 .rooms()
                 .iter()
                 .filter_map(|r| match r.as_ref() {
@@ -640,6 +642,7 @@ fn send(hub: &Hub, socket: &SocketRef, named: &Named) -> bool {
             for sport in &odds {
                 socket.leave(room_of(sport.as_deref()));
             }
+            odds.extend(joining.filter(|room| !odds.contains(room)));
             join_later(hub.clone(), socket.clone(), odds);
             false
         }
@@ -661,6 +664,6 @@ fn join_later(hub: Hub, socket: SocketRef, rooms: Vec<Option<String>>) {
 /// Sends `named` to every socket in `room`, serialised once.
 fn emit(hub: &Hub, io: &SocketIo, room: &str, named: &Named) {
     for socket in io.to(room.to_string()).sockets() {
-        send(hub, &socket, named);
+        send(hub, &socket, named, None);
     }
 }

@@ -59,6 +59,7 @@ pub const RELAY_DROPPED: &str = "oddsfeed_relay_dropped_messages_total";
 pub const HTTP_ACCEPT_ERRORS: &str = "oddsfeed_http_accept_errors_total";
 pub const HTTP_CONNECTIONS_CLOSED: &str = "oddsfeed_http_connections_closed_total";
 pub const HTTP_PENDING_CONNECTIONS: &str = "oddsfeed_http_pending_connections";
+pub const HTTP_SESSION_CONNECTIONS: &str = "oddsfeed_http_session_connections";
 // Shared.
 pub const ERRORS: &str = "oddsfeed_errors_total";
 pub const DEPENDENCY_UP: &str = "oddsfeed_dependency_up";
@@ -174,6 +175,7 @@ pub fn register_http_metrics() {
         metrics::counter!(HTTP_CONNECTIONS_CLOSED, "reason" => *reason).increment(0);
     }
     metrics::gauge!(HTTP_PENDING_CONNECTIONS).set(0.0);
+    metrics::gauge!(HTTP_SESSION_CONNECTIONS).set(0.0);
 }
 
 /// Why the server closed a connection that had not upgraded.
@@ -487,6 +489,11 @@ fn describe() {
         HTTP_PENDING_CONNECTIONS,
         Unit::Count,
         "Connections that have not upgraded to WebSocket (capped by MAX_PENDING_CONNECTIONS)."
+    );
+    describe_gauge!(
+        HTTP_SESSION_CONNECTIONS,
+        Unit::Count,
+        "HTTP connections serving a Socket.IO long-polling session, outside MAX_PENDING_CONNECTIONS (at most 4 per session)."
     );
     describe_histogram!(
         DELIVERY_LATENCY,

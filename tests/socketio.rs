@@ -279,3 +279,81 @@ async fn a_page_whose_send_buffer_filled_gets_fresh_lists() {
     drop(server);
     db.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polling_pages_above_the_pending_cap_are_not_evicted() {
+    let db = TestDb::new().await;
+    seed_football(&db, 5).await;
+    let (mut env, channel) = publisher_env(&db, &redis_url());
+    env.push(("MAX_PENDING_CONNECTIONS", "4".into()));
+    let server = Server::start(&["serve"], &env).await;
+    wait_published(&redis_url(), &channel).await;
+    let pool = db.pool.clone();
+    let churn = tokio::spawn(async move {
+        for i in 0u64.. {
+            let _ = sqlx::query(
+                "UPDATE outcomes SET external_price = $1 WHERE event_id = 'e0' AND name = 'HOME'",
+            )
+            .bind(0.2 + (i % 50) as f64 / 100.0)
+            .execute(&pool)
+            .await;
+            // Polls wait longer than a pending connection may (1 s) while others queue.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+    });
+    let url = format!("http://{}", server.addr);
+    let result = tokio::time::timeout(
+        Duration::from_secs(90),
+        run_node_tests(
+            "test/socketio-polling.test.mjs",
+            &[("ODDSFEED_HTTP_URL", url), ("PAGES", "16".into())],
+            1,
+        ),
+    )
+    .await;
+    churn.abort();
+    result.expect("the node test finishes");
+    drop(server);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_session_ids_do_not_leave_the_pending_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::new().await;
+    seed_football(&db, 2).await;
+    let (mut env, _) = publisher_env(&db, &redis_url());
+    env.push(("MAX_PENDING_CONNECTIONS", "4".into()));
+    let server = Server::start(&["serve"], &env).await;
+    // Keep-alive connections whose request names a session that does not exist: answered at
+    // once, they are pending again (and the oldest are evicted for the newcomers).
+    let mut kept = Vec::new();
+    for _ in 0..12 {
+        let mut tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+        tcp.write_all(
+            b"GET /socket.io/?EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAA HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut head))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_ne!(&head, b"HTTP/1.1 200", "a made-up session is not served");
+        kept.push(tcp);
+    }
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "oddsfeed_http_session_connections "),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric_value(&metrics, "oddsfeed_http_pending_connections ") <= 4.0,
+        "{metrics}"
+    );
+    drop(kept);
+    drop(server);
+    db.drop_db().await;
+}

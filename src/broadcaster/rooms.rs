@@ -359,7 +359,7 @@ impl Hub {
     }
 
     /// Starts feeding the Socket.IO endpoint; returns what it reads.
-    pub fn attach_socketio(&self) -> tokio::sync::mpsc::Receiver<FeedItem> {
+    pub fn attach_socketio(&self) -> super::socketio_feed::FeedReceiver {
         let (feed, rx) = Feed::new();
         self.lock().socketio = Some(feed);
         rx
@@ -785,7 +785,7 @@ impl Hub {
             // This message's removals too: the reset replaces it.
             let mut gone: Vec<Event> = all_removals_events;
             if let Some(feed) = inner.socketio.as_mut() {
-                gone.append(&mut feed.removed);
+                gone.extend(feed.removed.drain().map(|(_, e)| e));
             }
             feed_reset(&mut inner, gone);
         }

@@ -34,14 +34,14 @@ use socketioxide::extract::{Data, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, TransportType};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
 use super::auth::Verifier;
 use super::rooms::Hub;
-use super::socketio_feed::FeedItem;
+use super::socketio_feed::{FeedItem, SocketId};
 use crate::net::ClientAddr;
+use crate::net::listener::ConnectionPlace;
 use crate::odds::{Event, sport_key};
 use crate::telemetry as m;
 
@@ -135,50 +135,85 @@ fn refuse(code: &'static str, message: String) -> Result<(), Refused> {
     Err(Refused { code, message })
 }
 
-/// Refuses a Socket.IO handshake (a request without `sid`) at the HTTP level when its Origin
-/// is not allowed or the connection caps are full: a refusal inside the Socket.IO session
-/// would leave its connection open. socket.io-client retries a refused handshake by itself.
+/// Every `/socket.io/` request passes here first.
+/// - **A handshake** (no `sid`) is refused at the HTTP level when its Origin is not allowed or
+///   the connection caps are full: a refusal inside the Socket.IO session would leave its
+///   connection open. socket.io-client retries a refused handshake by itself.
+/// - **A request of a session** (a poll, a send, the WebSocket upgrade) takes its connection
+///   out of the pending-connection cap (`net::listener`), since the session holds a place
+///   under the caps and a poll waits in silence (it would be evicted as a silent connection).
+///   Back under it when socketioxide does not know the session, which it answers at once: a
+///   made-up sid buys nothing.
 pub async fn precheck(
     axum::extract::State(admission): axum::extract::State<Arc<Admission>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let handshake = req.uri().path().starts_with("/socket.io")
-        && !req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p.starts_with("sid=")));
-    if handshake {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok());
-        let refusal = match origin {
-            Some(origin)
-                if !admission.allowed_origins.is_empty()
-                    && !admission.allowed_origins.iter().any(|a| a == origin) =>
-            {
-                Some((
-                    axum::http::StatusCode::FORBIDDEN,
-                    "origin_not_allowed",
-                    format!("origin {origin} is not allowed"),
-                ))
-            }
-            _ => req
-                .extensions()
-                .get::<ClientAddr>()
-                .and_then(|c| admission.has_room(c.ip).err()),
-        };
-        if let Some((status, code, message)) = refusal {
-            counter!(m::WS_REJECTED_CONNECTIONS, "reason" => code).increment(1);
-            return (
-                status,
-                axum::Json(json!({ "status": "error", "error": code, "message": message })),
-            )
-                .into_response();
-        }
+    if !req.uri().path().starts_with("/socket.io") {
+        return next.run(req).await;
     }
-    next.run(req).await
+    let sid = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("sid=")))
+        .map(str::to_owned);
+    let Some(sid) = sid else {
+        return match refuse_handshake(&admission, &req) {
+            Some(refusal) => refusal,
+            None => next.run(req).await,
+        };
+    };
+    let place = req
+        .extensions()
+        .get::<ConnectionPlace>()
+        .filter(|_| sid.parse::<SocketId>().is_ok())
+        .cloned();
+    if let Some(place) = &place {
+        place.serve_session(&sid);
+    }
+    let response = next.run(req).await;
+    let status = response.status();
+    if let Some(place) = place
+        && !(status.is_success() || status == axum::http::StatusCode::SWITCHING_PROTOCOLS)
+    {
+        place.leave_session();
+    }
+    response
+}
+
+/// The HTTP answer refusing a handshake by Origin or caps, if it is refused.
+fn refuse_handshake(
+    admission: &Admission,
+    req: &axum::extract::Request,
+) -> Option<axum::response::Response> {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    let (status, code, message) = match origin {
+        Some(origin)
+            if !admission.allowed_origins.is_empty()
+                && !admission.allowed_origins.iter().any(|a| a == origin) =>
+        {
+            (
+                axum::http::StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                format!("origin {origin} is not allowed"),
+            )
+        }
+        _ => req
+            .extensions()
+            .get::<ClientAddr>()
+            .and_then(|c| admission.has_room(c.ip).err())?,
+    };
+    counter!(m::WS_REJECTED_CONNECTIONS, "reason" => code).increment(1);
+    Some(
+        (
+            status,
+            axum::Json(json!({ "status": "error", "error": code, "message": message })),
+        )
+            .into_response(),
+    )
 }
 
 /// Keeps a socket's admission place and the connected count for its lifetime.
@@ -383,7 +418,7 @@ fn error(socket: &SocketRef, code: &str, message: &str) {
 pub async fn run_feed(
     io: SocketIo,
     hub: Hub,
-    feed: &mut mpsc::Receiver<FeedItem>,
+    feed: &mut super::socketio_feed::FeedReceiver,
     cancel: CancellationToken,
 ) {
     loop {

@@ -14,6 +14,12 @@
 //!   its request: then it is closed to make room. A reconnect storm of real clients, whose
 //!   handshakes take milliseconds, is only slowed down; a flood of silent sockets cannot lock
 //!   out `/health` or real clients for longer than that, because its sockets are the oldest.
+//! - **Session connections**: a handler that finds a request belongs to a live long-lived
+//!   session (a Socket.IO long-polling session, which holds a place under the WebSocket caps)
+//!   takes its connection out of the pending cap with [`ConnectionPlace::serve_session`], so
+//!   that more long-polling pages than `MAX_PENDING_CONNECTIONS` can wait on their polls
+//!   without being evicted as silent. At most [`CONNECTIONS_PER_SESSION`] connections per
+//!   session leave it; the timeouts still apply (`oddsfeed_http_session_connections`).
 //! - **Accept errors**: running out of file descriptors (EMFILE/ENFILE) or memory backs off
 //!   (10 ms doubling to 1 s) instead of spinning, evicts the oldest pending connection to free a
 //!   descriptor, is counted and logged at most once a second, and the loop goes on.
@@ -22,12 +28,12 @@
 //! is a [`Stream`] wrapped in [`Tracked`], so an upgraded connection can be taken back as the
 //! raw socket with [`take_upgraded`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -93,6 +99,36 @@ pub struct HttpServer {
     pub trusted: Arc<TrustedProxies>,
 }
 
+/// In every request's extensions: the place of the connection that carried it. Weak, so that
+/// a handler that keeps a request's parts (socketioxide does) keeps no place: the place goes
+/// when the connection ends or upgrades.
+#[derive(Clone)]
+pub struct ConnectionPlace(Weak<Place>);
+
+impl ConnectionPlace {
+    /// The connection serves `session`, a long-lived session that holds a place under its own
+    /// caps: it leaves the pending cap (see the module docs), unless the session has
+    /// [`CONNECTIONS_PER_SESSION`] connections out of it already.
+    pub fn serve_session(&self, session: &str) {
+        if let Some(place) = self.0.upgrade() {
+            place.join_session(session);
+        }
+    }
+
+    /// The session named by the request turned out not to exist (or ended): the connection is
+    /// pending again, as the newest.
+    pub fn leave_session(&self) {
+        if let Some(place) = self.0.upgrade() {
+            place.leave_session();
+        }
+    }
+}
+
+/// How many connections of one session may leave the pending cap: a long-polling client has
+/// at most one poll (GET) and one send (POST) in flight, and each may start on a new
+/// connection while the one it replaces is still closing.
+pub const CONNECTIONS_PER_SESSION: usize = 4;
+
 /// What every connection task shares.
 struct Shared {
     tls: Option<TlsAcceptor>,
@@ -100,6 +136,8 @@ struct Shared {
     limits: HttpLimits,
     trusted: Arc<TrustedProxies>,
     pending: Arc<Pending>,
+    /// Session → its connections that left the pending cap.
+    sessions: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -115,12 +153,13 @@ impl HttpServer {
             limits: self.limits,
             trusted: self.trusted,
             pending: Arc::new(Pending::new(self.limits.max_pending)),
+            sessions: Mutex::new(HashMap::new()),
         });
         let mut backoff = ACCEPT_BACKOFF_MIN;
         let mut last_logged: Option<Instant> = None;
         loop {
             // A place first: at the cap, new connections wait in the backlog.
-            let slot = tokio::select! {
+            let mut slot = tokio::select! {
                 _ = cancel.cancelled() => break,
                 slot = shared.pending.admit() => slot,
             };
@@ -131,6 +170,8 @@ impl HttpServer {
             match accepted {
                 Ok((tcp, peer)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
+                    // Its age counts from now: the place may have waited long for a connection.
+                    shared.pending.arrived(&mut slot);
                     tracker.spawn(connection(tcp, peer, slot, shared.clone(), cancel.clone()));
                 }
                 // The peer gave up between SYN and accept: nothing to do (the place goes back).
@@ -202,6 +243,7 @@ async fn connection(
     cancel: CancellationToken,
 ) {
     let limits = shared.limits;
+    let evicted = slot.evicted.clone();
     // Small frames go out at once; the write path batches them itself.
     let _ = tcp.set_nodelay(true);
     let stream = match &shared.tls {
@@ -210,7 +252,7 @@ async fn connection(
             let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp));
             let result = tokio::select! {
                 r = handshake => r,
-                _ = slot.evicted.cancelled() => return closed("evicted"),
+                _ = evicted.cancelled() => return closed("evicted"),
                 _ = cancel.cancelled() => return,
             };
             match result {
@@ -229,10 +271,18 @@ async fn connection(
         activity: activity.clone(),
     });
     let (router, trusted) = (shared.router.clone(), shared.trusted.clone());
+    let place = Arc::new(Place {
+        slot: Mutex::new(Some(slot)),
+        session: Mutex::new(None),
+        evicted: evicted.clone(),
+        shared: shared.clone(),
+    });
+    let service_place = ConnectionPlace(Arc::downgrade(&place));
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let client = ClientAddr::resolve(peer, req.headers(), &trusted);
         req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut().insert(client);
+        req.extensions_mut().insert(service_place.clone());
         router.clone().oneshot(req.map(Body::new))
     });
     let mut builder = http1::Builder::new();
@@ -251,13 +301,81 @@ async fn connection(
                 }
             }
         }
-        _ = slot.evicted.cancelled() => closed("evicted"),
+        _ = evicted.cancelled() => closed("evicted"),
         _ = activity.idle_for(limits.idle_timeout) => closed("idle_timeout"),
         _ = cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
         }
     }
+}
+
+/// A connection's place: pending until it upgrades or ends, unless it serves a session.
+struct Place {
+    slot: Mutex<Option<PendingSlot>>,
+    /// The session this connection serves, while it is out of the pending cap for it.
+    session: Mutex<Option<Arc<str>>>,
+    /// Cancelled when a newer connection takes this one's pending place.
+    evicted: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+impl Place {
+    /// Leaves the pending cap for `session`, unless the session has its share already (then
+    /// the connection stays pending, and may be evicted as any other).
+    fn join_session(&self, session: &str) {
+        let mut mine = lock(&self.session);
+        if mine.is_some() {
+            return;
+        }
+        let session: Arc<str> = Arc::from(session);
+        {
+            let mut sessions = lock(&self.shared.sessions);
+            let count = sessions.entry(session.clone()).or_default();
+            if *count >= CONNECTIONS_PER_SESSION {
+                return;
+            }
+            *count += 1;
+            gauge!(m::HTTP_SESSION_CONNECTIONS).increment(1.0);
+        }
+        *mine = Some(session);
+        // The pending place goes back (and the connection can no longer be evicted).
+        drop(lock(&self.slot).take());
+    }
+
+    /// Back under the pending cap (its session turned out not to exist, or ended).
+    fn leave_session(&self) {
+        if self.release_session() {
+            *lock(&self.slot) = Some(self.shared.pending.register(self.evicted.clone()));
+        }
+    }
+
+    /// Gives the session's share back; whether the connection had one.
+    fn release_session(&self) -> bool {
+        let Some(session) = lock(&self.session).take() else {
+            return false;
+        };
+        let mut sessions = lock(&self.shared.sessions);
+        if let Some(count) = sessions.get_mut(&session) {
+            *count -= 1;
+            if *count == 0 {
+                sessions.remove(&session);
+            }
+        }
+        gauge!(m::HTTP_SESSION_CONNECTIONS).decrement(1.0);
+        true
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.release_session();
+    }
+}
+
+/// Nothing in these critical sections can panic halfway.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,8 +413,7 @@ impl Pending {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PendingInner> {
-        // Nothing in a critical section can panic halfway.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// A place for the next connection: at once below the cap; at the cap, once a place is
@@ -325,7 +442,7 @@ impl Pending {
                 }
             };
             match wait_until {
-                None => return self.register(),
+                None => return self.register(CancellationToken::new()),
                 Some(deadline) => {
                     tokio::select! {
                         _ = freed => {}
@@ -336,8 +453,9 @@ impl Pending {
         }
     }
 
-    fn register(self: &Arc<Self>) -> PendingSlot {
-        let evicted = CancellationToken::new();
+    /// A place for a connection whose eviction cancels `evicted` (at once, without waiting:
+    /// the connection is there already).
+    fn register(self: &Arc<Self>, evicted: CancellationToken) -> PendingSlot {
         let mut inner = self.lock();
         let id = inner.next;
         inner.next += 1;
@@ -348,6 +466,18 @@ impl Pending {
             id,
             evicted,
         }
+    }
+
+    /// The connection holding `slot` arrived now: it becomes the newest (a place taken before
+    /// an idle spell must not make the connection that finally comes look old and evictable).
+    fn arrived(&self, slot: &mut PendingSlot) {
+        let mut inner = self.lock();
+        inner.open.remove(&slot.id);
+        slot.id = inner.next;
+        inner.next += 1;
+        inner
+            .open
+            .insert(slot.id, (Instant::now(), slot.evicted.clone()));
     }
 
     fn evict_oldest(&self) {
@@ -553,6 +683,32 @@ pub fn take_upgraded(upgraded: hyper::upgrade::Upgraded) -> Result<(Stream, Byte
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_arrives_after_an_idle_spell_is_young() {
+        let pending = Arc::new(Pending::new(2));
+        let old = pending.admit().await;
+        // The accept loop holds the next place while no connection comes for 5 s.
+        let mut idle = pending.admit().await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        pending.arrived(&mut idle);
+        // A newcomer at the cap evicts the connection that is really old...
+        let _first = pending.admit().await;
+        assert!(old.evicted.is_cancelled());
+        assert!(!idle.evicted.is_cancelled());
+        // ...and the next one waits for the one that just arrived to have had EVICT_AFTER.
+        let started = Instant::now();
+        let waiting = {
+            let pending = pending.clone();
+            tokio::spawn(async move { pending.admit().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(!idle.evicted.is_cancelled());
+        let _second = waiting.await.unwrap();
+        assert_eq!(started.elapsed(), EVICT_AFTER);
+        assert!(idle.evicted.is_cancelled());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn at_the_cap_newcomers_wait_and_only_old_sockets_are_evicted() {

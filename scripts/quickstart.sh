@@ -22,7 +22,9 @@ bin="$CARGO_TARGET_DIR/release/oddsfeed"
 port=${LISTEN_ADDR:-0.0.0.0:3001}; port=${port##*:}
 cat >&2 <<MSG
 
-  oddsfeed is starting on port $port with the demo simulator. In another terminal:
+  oddsfeed is starting on port $port with the demo simulator.
+
+  Open http://localhost:$port/ for the live odds board. In another terminal:
 
     redis-cli SUBSCRIBE ${ODDS_CHANNEL:-sports-odds}                  # the odds stream
     curl -s localhost:$port/api/sports/ws-publisher                  # publisher status
@@ -30,6 +32,9 @@ cat >&2 <<MSG
     curl -s -X POST localhost:$port/api/sports/ws-publisher          # start again
     curl -s localhost:$port/health                                   # health
     curl -s localhost:$port/metrics | grep oddsfeed_                 # Prometheus metrics
+    websocat ws://localhost:$port/ws                                 # a WebSocket client, then type:
+      {"type":"subscribe","room":"sport:football"}
+    (websocat is not in Debian: any WebSocket client does, e.g. npx wscat -c ws://localhost:$port/ws)
 
   Ctrl-C stops it.
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Makes sure this machine has what oddsfeed needs, installing and starting it when missing:
-# PostgreSQL and Redis on loopback, their command-line clients, and a Rust toolchain check.
-# Safe to run again: it changes nothing that is already in place. Sourced by quickstart.sh and
-# test.sh; it exports PG_ADMIN_URL (a superuser URL without a database name) and REDIS_URL.
+# PostgreSQL and Redis on loopback, their command-line clients, and a Rust toolchain check;
+# with ODDSFEED_TEST_TOOLS=1 (test.sh) also what the tests drive (Prometheus, nginx, Node.js,
+# Chromium...). Safe to run again: it changes nothing that is already in place. Sourced by
+# quickstart.sh and test.sh; it exports PG_ADMIN_URL (a superuser URL without a database
+# name) and REDIS_URL.
 set -euo pipefail
 
 log() { printf '\033[1m[oddsfeed]\033[0m %s\n' "$*" >&2; }
@@ -28,18 +30,22 @@ command -v redis-cli >/dev/null 2>&1 || need_packages+=(redis-tools)
 command -v curl >/dev/null 2>&1 || need_packages+=(curl)
 command -v cc >/dev/null 2>&1 || need_packages+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need_packages+=(pkg-config)
-# For the tests: the dashboards are checked against a real Prometheus, wss through a real nginx.
-command -v prometheus >/dev/null 2>&1 || need_packages+=(prometheus)
-command -v nginx >/dev/null 2>&1 || need_packages+=(nginx)
-command -v systemd-analyze >/dev/null 2>&1 || need_packages+=(systemd)
-command -v node >/dev/null 2>&1 || need_packages+=(nodejs)
-command -v npm >/dev/null 2>&1 || need_packages+=(npm)
-command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
-# `ss` shows the listen backlog in the connection-lifecycle tests; `make` builds jemalloc.
-command -v ss >/dev/null 2>&1 || need_packages+=(iproute2)
+# `make` builds jemalloc.
 command -v make >/dev/null 2>&1 || need_packages+=(make)
-if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
-  need_packages+=(docker-compose)
+if [ "${ODDSFEED_TEST_TOOLS:-0}" = 1 ]; then
+  # For the tests: the dashboards are checked against a real Prometheus, wss through a real
+  # nginx, the units with systemd-analyze, the board in Chromium, the clients under Node.js.
+  command -v prometheus >/dev/null 2>&1 || need_packages+=(prometheus)
+  command -v nginx >/dev/null 2>&1 || need_packages+=(nginx)
+  command -v systemd-analyze >/dev/null 2>&1 || need_packages+=(systemd)
+  command -v node >/dev/null 2>&1 || need_packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need_packages+=(npm)
+  command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
+  # `ss` shows the listen backlog in the connection-lifecycle tests.
+  command -v ss >/dev/null 2>&1 || need_packages+=(iproute2)
+  if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+    need_packages+=(docker-compose)
+  fi
 fi
 if [ ${#need_packages[@]} -gt 0 ]; then
   apt_install "${need_packages[@]}"

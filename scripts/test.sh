@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The test command: formatting, lints, then every test against real PostgreSQL and Redis.
 #   scripts/test.sh            everything
-#   scripts/test.sh publisher  only tests whose name matches (passed to cargo test)
+#   scripts/test.sh failover   the tests of tests/failover.rs (a word naming a file in tests/)
+#   scripts/test.sh leader     the tests whose name contains `leader` (any other word)
+# Arguments go to scripts/cargo-test.sh, which says so when a filter runs no test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ODDSFEED_TEST_TOOLS=1
 . scripts/services.sh
 
 export TEST_DATABASE_URL=${TEST_DATABASE_URL:-$PG_ADMIN_URL}
@@ -22,4 +25,4 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 log "cargo test"
-cargo test --locked "$@"
+bash scripts/cargo-test.sh "$@"

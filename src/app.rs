@@ -79,12 +79,15 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let pool = connect_now(&config).await?;
             let summary =
                 sim::seed::seed(&pool, config.seed_events, config.seed_random, reset).await?;
-            tracing::info!(
-                events = summary.events,
-                outcomes = summary.outcomes,
-                bets = summary.bets,
-                "demo data seeded"
-            );
+            // Nothing seeded (events exist already) was said by `seed` itself.
+            if summary.events > 0 {
+                tracing::info!(
+                    events = summary.events,
+                    outcomes = summary.outcomes,
+                    bets = summary.bets,
+                    "demo data seeded"
+                );
+            }
             Ok(())
         }
         Command::Simulate => {

@@ -75,7 +75,10 @@ pub const SECONDS_BUCKETS: &[f64] = &[
 
 /// Installs the tracing subscriber: `pretty` or `json`, level from `RUST_LOG` (default info).
 pub fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // PostgreSQL's notices (`relation "_sqlx_migrations" already exists, skipping` at every
+    // start) come through sqlx at INFO; they are not ours to report unless they warn.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry
@@ -217,7 +220,7 @@ pub fn register_broadcaster_metrics() {
     for result in ["current", "replayed", "snapshot"] {
         metrics::counter!(WS_RESUMES, "result" => result).increment(0);
     }
-    for reason in ["connect", "gap", "heartbeat", "overflow"] {
+    for reason in ["connect", "gap", "new_epoch", "heartbeat", "overflow"] {
         metrics::counter!(RELAY_RESYNCS, "reason" => reason).increment(0);
     }
     for reason in [

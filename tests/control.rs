@@ -89,6 +89,8 @@ async fn start_stop_status_auth_and_persistence() {
     let (code, body) = call(&server, reqwest::Method::DELETE, &auth).await;
     assert_eq!((code, body["status"].as_str()), (200, Some("stopped")));
     assert!(body["message"].is_string());
+    // The answer is only sent once this process no longer publishes.
+    assert_eq!(body["isPublishing"], false, "{body}");
     let (_, body) = call(&server, reqwest::Method::DELETE, &auth).await;
     assert_eq!(body["status"], "not_running");
 

@@ -201,6 +201,10 @@ impl Relay {
                         tracing::warn!(expected, got, %epoch, "gap in the odds stream");
                         self.reload(conn, keys, "gap").await?;
                     }
+                    Applied::NewStream => {
+                        tracing::info!(%epoch, "a new odds stream (epoch) began");
+                        self.reload(conn, keys, "new_epoch").await?;
+                    }
                 }
             }
             ChannelMessage::Heartbeat(hb) => {

@@ -154,8 +154,11 @@ pub enum Applied {
     Yes,
     /// Already reflected (a message published before the state was loaded): ignored.
     Duplicate,
-    /// A seq is missing or the epoch changed: the state must be reloaded.
+    /// A seq is missing: the state must be reloaded.
     Gap { expected: u64, got: u64 },
+    /// A stream this hub has no state of (none loaded yet, or a new epoch: a new publisher's
+    /// stream, not a fault): the state must be loaded.
+    NewStream,
 }
 
 struct Inner {
@@ -623,16 +626,10 @@ impl Hub {
     pub fn apply(&self, msg: OddsMessage) -> Applied {
         let mut inner = self.lock();
         let Some(book) = &inner.book else {
-            return Applied::Gap {
-                expected: 1,
-                got: msg.seq,
-            };
+            return Applied::NewStream;
         };
         if book.epoch() != msg.epoch {
-            return Applied::Gap {
-                expected: 1,
-                got: msg.seq,
-            };
+            return Applied::NewStream;
         }
         if msg.seq <= book.seq() {
             return Applied::Duplicate;

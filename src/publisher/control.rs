@@ -9,6 +9,8 @@
 //! whole internet into "loopback". GET is open, like /health. Other methods get 405 from the
 //! router.
 
+use std::time::Duration;
+
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -60,9 +62,9 @@ struct KnownInner {
 }
 
 /// How long GET waits for PostgreSQL before answering from what it knows.
-const STATUS_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+const STATUS_READ_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long GET answers from what it knows, without trying, after PostgreSQL failed.
-const STATUS_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+const STATUS_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl KnownDesired {
     fn lock(&self) -> std::sync::MutexGuard<'_, KnownInner> {
@@ -284,16 +286,44 @@ async fn stop(
     let previous = set_desired(&state, "stopped", &peer.to_string()).await?;
     state.known.remember(Desired::Stopped);
     state.handle.wake();
+    let confirmed = stopped_publishing(&state).await;
     let mut body = status_body(&state, Desired::Stopped);
     body["interval"] = Value::Null;
     Ok(
         if parse_desired(previous.as_deref(), state.autostart) == Desired::Stopped {
             with(body, "not_running", "WebSocket publisher is not running")
-        } else {
+        } else if confirmed {
             tracing::info!(%peer, "publisher stopped by request");
             with(body, "stopped", "WebSocket publisher stopped")
+        } else {
+            tracing::warn!(%peer, wait = ?STOP_CONFIRM_TIMEOUT, "publisher stop requested; its tick loop has not confirmed yet");
+            with(
+                body,
+                "stopped",
+                "WebSocket publisher stop stored; this process's tick loop is still finishing a tick (isPublishing turns false when it has)",
+            )
         },
     )
+}
+
+/// How long DELETE waits for this process's tick loop to confirm that it stopped publishing.
+const STOP_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits (at most [`STOP_CONFIRM_TIMEOUT`]) until this process's tick loop no longer
+/// publishes, so that the answer's `isPublishing` is already false: the loop takes the stop at
+/// its next wake, after the tick in progress. Another process that leads learns the stop from
+/// PostgreSQL at its next tick.
+async fn stopped_publishing(state: &ControlState) -> bool {
+    let deadline = tokio::time::Instant::now() + STOP_CONFIRM_TIMEOUT;
+    loop {
+        if !state.handle.status().is_publishing || state.tasks.is_down(SCHEDULER_TASK) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[cfg(test)]

@@ -74,6 +74,13 @@ test("the page shows the seeded events with odds, score and clock", async () => 
   assert.ok((await page.locator(".live").count()) > 0, "live events are marked");
   const odds = await page.locator(".outcome .odds").first().textContent();
   assert.match(odds, /^\d+\.\d\d$/);
+  // Upcoming events show when they start as a bettor reads it: "Today 19:45", "Sat 14:30".
+  const starts = (await page.$$eval("[data-event] .top > span:last-child", (els) => els.map((el) => el.textContent)))
+    .filter((text) => !text.startsWith("LIVE"));
+  assert.ok(starts.length > 0, "upcoming events are shown");
+  for (const start of starts) {
+    assert.match(start, /^(Today|Tomorrow|Mon|Tue|Wed|Thu|Fri|Sat|Sun)( \d{1,2} [A-Z][a-z]{2})? \d\d:\d\d$/);
+  }
 });
 
 // An event and the name of its first outcome (HOME, or the first-named side), not already a favourite.

@@ -414,7 +414,7 @@ pub struct Config {
     #[arg(long, env = "SIM_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..), global = true)]
     pub sim_interval_ms: u64,
 
-    /// Simulator: price moves and placed bets per round (bets settle and clocks run in proportion).
+    /// Simulator: events priced again and bets placed per round (bets settle and live matches play on in proportion).
     #[arg(long, env = "SIM_CHANGES", default_value_t = 10, global = true)]
     pub sim_changes: usize,
 }

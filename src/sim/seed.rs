@@ -1,14 +1,17 @@
-//! `oddsfeed seed`: several sports (football with HOME/DRAW/AWAY, esports, ...), live and
-//! upcoming events, pending and settled bets. Deterministic for a given `SEED_RANDOM`.
+//! `oddsfeed seed`: events of every sport and league in [`super::SPORTS`] (each between two
+//! sides of its league), one in five already in play with a score the sport would produce,
+//! the rest starting on the quarter hour over the next three days; prices from the in-play
+//! model; pending and settled bets. Deterministic for a given `SEED_RANDOM`.
 
 use anyhow::Context;
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, DurationRound, Utc};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
-use super::{SPORTS, period_label, random_prices};
+use super::play::Play;
+use super::{DemoSport, League, SPORTS, external_prices};
 
 /// What a seed inserted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,66 +52,35 @@ pub async fn seed(
     let mut summary = Summary::default();
     for n in 0..count {
         let sport = &SPORTS[n % SPORTS.len()];
-        let id = format!("evt-{}", n + 1);
-        let league = sport.leagues.choose(&mut rng).copied().unwrap_or("League");
-        let mut pair = sport.teams.choose_multiple(&mut rng, 2);
-        let (team_a, team_b) = (
-            pair.next().unwrap_or(&"Home"),
-            pair.next().unwrap_or(&"Away"),
-        );
-        // One in five is live, the rest start over the next three days.
-        let live = rng.random_bool(0.2);
-        let minute = rng.random_range(1..sport.minutes);
-        let start_time = if live {
-            now - Duration::minutes(i64::from(minute))
-        } else {
-            now + Duration::minutes(rng.random_range(10..3 * 24 * 60))
+        let Some(league) = sport.leagues.choose(&mut rng) else {
+            continue;
         };
-        let liquidity: Option<f64> = if rng.random_bool(0.2) {
-            None
-        } else {
-            Some(f64::from(rng.random_range(20u32..2_000) * 1_000))
+        let (home, away) = league.draw_pair(&mut rng);
+        let play = rng
+            .random_bool(0.2)
+            .then(|| Play::in_progress(&league.matchup(home, away), &mut rng));
+        let start_time = match play {
+            Some(play) => now - Duration::minutes(i64::from(play.minutes_played(league.game))),
+            None => start_ahead(now, rng.random_range(10..3 * 24 * 60)),
         };
-        sqlx::query(
-            "INSERT INTO events (id, title, sport, league, team_a, team_b, is_esports, status,
-                                 event_type, game_status, live, score, period, elapsed, start_time,
-                                 external_liquidity)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'ACTIVE', $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(&id)
-        .bind(format!("{team_a} vs {team_b}"))
-        .bind(sport.sport)
-        .bind(league)
-        .bind(team_a)
-        .bind(team_b)
-        .bind(sport.is_esports)
-        .bind(if live { "live" } else { "upcoming" })
-        .bind(if live { "in_progress" } else { "scheduled" })
-        .bind(live)
-        .bind(live.then(|| format!("{}-{}", rng.random_range(0..3), rng.random_range(0..3))))
-        .bind(live.then(|| period_label(sport, minute)))
-        .bind(live.then(|| format!("{minute}'")))
-        .bind(start_time)
-        .bind(liquidity)
-        .execute(&mut *tx)
-        .await
-        .with_context(|| format!("Failed to insert event {id}"))?;
-
-        let prices = random_prices(&mut rng, sport.outcomes.len());
-        for (position, (name, price)) in sport.outcomes.iter().zip(&prices).enumerate() {
-            sqlx::query("INSERT INTO outcomes (event_id, name, position, external_price) VALUES ($1, $2, $3, $4)")
-                .bind(&id)
-                .bind(*name)
-                .bind(position as i16)
-                .bind(*price)
-                .execute(&mut *tx)
-                .await?;
-            summary.outcomes += 1;
-        }
+        let event = NewEvent {
+            id: format!("evt-{}", n + 1),
+            sport,
+            league,
+            home,
+            away,
+            play,
+            start_time,
+        };
+        let outcomes = insert_event(&mut tx, &event, &mut rng).await?;
+        summary.outcomes += outcomes.len();
 
         let bets = rng.random_range(0..20);
         for _ in 0..bets {
-            let outcome = sport.outcomes.choose(&mut rng).copied().unwrap_or("YES");
+            // Bettors back an outcome about as often as the market rates it.
+            let outcome = outcomes
+                .choose_weighted(&mut rng, |(_, price)| *price)
+                .map_or("", |(name, _)| name.as_str());
             let status = if rng.random_bool(0.8) {
                 "PENDING"
             } else {
@@ -118,7 +90,7 @@ pub async fn seed(
                 "INSERT INTO bets (event_id, outcome, user_id, amount, status)
                  VALUES ($1, $2, $3, round($4::numeric, 2), $5)",
             )
-            .bind(&id)
+            .bind(&event.id)
             .bind(outcome)
             .bind(format!("user-{}", rng.random_range(1..200)))
             .bind(rng.random_range(5.0f64..2_000.0))
@@ -131,4 +103,91 @@ pub async fn seed(
     }
     tx.commit().await?;
     Ok(summary)
+}
+
+/// A demo event to insert.
+pub(crate) struct NewEvent {
+    pub id: String,
+    pub sport: &'static DemoSport,
+    pub league: &'static League,
+    /// Named first, and at home where the league has home venues.
+    pub home: &'static str,
+    pub away: &'static str,
+    /// Where the match stands if it is in play; `None` for an upcoming event.
+    pub play: Option<Play>,
+    pub start_time: DateTime<Utc>,
+}
+
+/// At least `minutes` from `now`, on the quarter hour, as real kick-offs are.
+pub(crate) fn start_ahead(now: DateTime<Utc>, minutes: i64) -> DateTime<Utc> {
+    let at = now + Duration::minutes(minutes + 15);
+    at.duration_trunc(Duration::minutes(15)).unwrap_or(at)
+}
+
+/// Inserts `event` with its outcomes priced by the model; returns the outcomes and prices.
+pub(crate) async fn insert_event(
+    conn: &mut PgConnection,
+    event: &NewEvent,
+    rng: &mut impl Rng,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    let game = event.league.game;
+    let board = event.play.map(|play| play.scoreboard(game));
+    // Deep external markets: the platform's own pending bets move a price a little, not
+    // decide it. One in five has none recorded (NULL: the default of 1,000,000).
+    let liquidity: Option<f64> =
+        (!rng.random_bool(0.2)).then(|| f64::from(rng.random_range(300u32..5_000) * 1_000));
+    sqlx::query(
+        "INSERT INTO events (id, title, sport, league, team_a, team_b, is_esports, status,
+                             event_type, game_status, live, score, period, elapsed, start_time,
+                             external_liquidity)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'ACTIVE', $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(&event.id)
+    .bind(format!("{} vs {}", event.home, event.away))
+    .bind(event.sport.sport)
+    .bind(event.league.name)
+    .bind(event.home)
+    .bind(event.away)
+    .bind(event.sport.is_esports)
+    .bind(if event.play.is_some() {
+        "live"
+    } else {
+        "upcoming"
+    })
+    .bind(if event.play.is_some() {
+        "in_progress"
+    } else {
+        "scheduled"
+    })
+    .bind(event.play.is_some())
+    .bind(board.as_ref().map(|b| b.score.clone()))
+    .bind(board.as_ref().map(|b| b.period.clone()))
+    .bind(board.as_ref().map(|b| b.elapsed.clone()))
+    .bind(event.start_time)
+    .bind(liquidity)
+    .execute(&mut *conn)
+    .await
+    .with_context(|| format!("Failed to insert event {}", event.id))?;
+
+    let matchup = event.league.matchup(event.home, event.away);
+    let play = event.play.unwrap_or(Play::start(game));
+    let outcomes: Vec<(String, f64)> = event
+        .league
+        .outcome_names(event.home, event.away)
+        .into_iter()
+        .zip(external_prices(&matchup, &play, rng))
+        .collect();
+    for (position, (name, price)) in outcomes.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO outcomes (event_id, name, position, external_price) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&event.id)
+        .bind(name)
+        .bind(position as i16)
+        .bind(*price)
+        .execute(&mut *conn)
+        .await
+        .with_context(|| format!("Failed to insert outcome {name} of event {}", event.id))?;
+    }
+    Ok(outcomes)
 }

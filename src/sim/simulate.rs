@@ -1,27 +1,34 @@
 //! `oddsfeed simulate` (or `serve --simulate`): keeps the demo data moving.
 //!
-//! Each round: external prices drift, bets are placed and settled, live clocks advance (and
-//! now and then a score changes), live events that reach full time finish, and an upcoming
-//! event kicks off for each one that finished, so the data set stays the same size. A new
-//! upcoming event replaces each one that started.
+//! Each round: some events are priced again by the in-play model with a little random drift
+//! (events the demo did not make drift at random), bets are placed (on outcomes about as
+//! often as their prices say) and settled, and some live matches are played a step further
+//! (a minute, a game of tennis, a round) and priced at once, so a goal moves the price in the
+//! same transaction that shows it. A match that ends is finished and its bets settled by the
+//! result; the next upcoming event kicks off in its place, and a new upcoming event is drawn,
+//! so the data set stays the same size.
 
 use std::time::Duration;
 
 use anyhow::Context;
+use chrono::Utc;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use super::{DemoSport, SPORTS, period_label, random_prices};
+use super::inplay::Matchup;
+use super::play::Play;
+use super::seed::{NewEvent, insert_event, start_ahead};
+use super::{Game, League, SPORTS, demo_sport, external_prices, league};
 
 /// How fast the simulator moves things.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
     /// Time between rounds.
     pub interval: Duration,
-    /// Price moves and bets placed per round.
+    /// Events priced again and bets placed per round.
     pub changes: usize,
     /// Seed of the random choices.
     pub random_seed: u64,
@@ -45,39 +52,166 @@ pub async fn run(pool: PgPool, settings: Settings, cancel: CancellationToken) {
     tracing::info!("simulator stopped");
 }
 
-fn demo_sport(sport: Option<&str>, is_esports: bool) -> &'static DemoSport {
-    SPORTS
-        .iter()
-        .find(|s| s.sport == sport && s.is_esports == is_esports)
-        .unwrap_or(&SPORTS[0])
+/// Columns of [`EventRow`], for events `e` left-joined to their outcomes `o`, grouped by event.
+macro_rules! event_row_columns {
+    () => {
+        "e.id, e.sport, e.is_esports, e.league, e.team_a, e.team_b, e.score, e.period, e.elapsed,
+         COALESCE(array_agg(o.name ORDER BY o.position, o.name) FILTER (WHERE o.name IS NOT NULL),
+                  '{}') AS outcomes,
+         COALESCE(array_agg(o.external_price ORDER BY o.position, o.name)
+                      FILTER (WHERE o.name IS NOT NULL), '{}') AS prices"
+    };
+}
+
+/// An event as the simulator reads it.
+#[derive(Debug, sqlx::FromRow)]
+struct EventRow {
+    id: String,
+    sport: Option<String>,
+    is_esports: bool,
+    league: Option<String>,
+    team_a: Option<String>,
+    team_b: Option<String>,
+    score: Option<String>,
+    period: Option<String>,
+    elapsed: Option<String>,
+    /// Outcome names in display order.
+    outcomes: Vec<String>,
+    /// Their external prices, in the same order.
+    prices: Vec<Option<f64>>,
+}
+
+impl EventRow {
+    /// The league and sides, if the demo made this event: its league is in the tables and
+    /// its outcomes are the ones the league names. Anything else is left to random drift.
+    fn demo(&self) -> Option<(&'static League, Matchup)> {
+        let league = league(
+            self.sport.as_deref(),
+            self.is_esports,
+            self.league.as_deref()?,
+        )?;
+        let (home, away) = (self.team_a.as_deref()?, self.team_b.as_deref()?);
+        (league.outcome_names(home, away) == self.outcomes)
+            .then(|| (league, league.matchup(home, away)))
+    }
+
+    /// How the event is played: its league's game, or for an event the demo did not make,
+    /// the first league of its sport (football if the sport is unknown too).
+    fn game(&self) -> Game {
+        match self.demo() {
+            Some((league, _)) => league.game,
+            None => {
+                demo_sport(self.sport.as_deref(), self.is_esports)
+                    .unwrap_or(&SPORTS[0])
+                    .leagues[0]
+                    .game
+            }
+        }
+    }
+
+    /// Where the match stands, as its columns show; not started if they show nothing.
+    fn play(&self, game: Game) -> Play {
+        let column = |c: &Option<String>| c.clone().unwrap_or_default();
+        Play::parse(
+            game,
+            &column(&self.score),
+            &column(&self.period),
+            &column(&self.elapsed),
+        )
+        .unwrap_or(Play::start(game))
+    }
+}
+
+/// External prices to write, one entry per outcome.
+#[derive(Default)]
+struct PriceUpdate {
+    event_ids: Vec<String>,
+    names: Vec<String>,
+    prices: Vec<f64>,
+}
+
+impl PriceUpdate {
+    /// Prices `event` at `play` (by default where its columns say it stands): the model with
+    /// a little drift for demo events, a random step of up to ±0.02 for any other.
+    fn add(&mut self, event: &EventRow, play: Option<Play>, rng: &mut impl Rng) {
+        let prices: Vec<Option<f64>> = match event.demo() {
+            Some((league, matchup)) => {
+                let play = play.unwrap_or_else(|| event.play(league.game));
+                external_prices(&matchup, &play, rng)
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            }
+            None => event
+                .prices
+                .iter()
+                .map(|price| {
+                    price.map(|p| {
+                        let moved = p + rng.random_range(-0.02..0.02);
+                        (moved.clamp(0.01, 0.99) * 1000.0).round() / 1000.0
+                    })
+                })
+                .collect(),
+        };
+        for (name, price) in event.outcomes.iter().zip(prices) {
+            if let Some(price) = price {
+                self.event_ids.push(event.id.clone());
+                self.names.push(name.clone());
+                self.prices.push(price);
+            }
+        }
+    }
+
+    async fn write(self, executor: impl PgExecutor<'_>) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE outcomes o SET external_price = u.price, updated_at = now()
+               FROM unnest($1::text[], $2::text[], $3::float8[]) AS u (event_id, name, price)
+              WHERE o.event_id = u.event_id AND o.name = u.name",
+        )
+        .bind(self.event_ids)
+        .bind(self.names)
+        .bind(self.prices)
+        .execute(executor)
+        .await
+        .context("Failed to write prices")?;
+        Ok(())
+    }
 }
 
 /// One round of changes.
 pub async fn round(pool: &PgPool, rng: &mut StdRng, changes: usize) -> anyhow::Result<()> {
     let changes = changes.max(1) as i64;
-    // Prices drift by up to ±2 points.
-    sqlx::query(
-        "UPDATE outcomes o
-            SET external_price = round(LEAST(0.99, GREATEST(0.01, o.external_price + (random() - 0.5) * 0.04))::numeric, 3),
-                updated_at = now()
-          WHERE (o.event_id, o.name) IN (
-                SELECT o2.event_id, o2.name FROM outcomes o2 JOIN events e ON e.id = o2.event_id
-                 WHERE e.status = 'ACTIVE' AND e.event_type IN ('live', 'upcoming')
-                   AND o2.external_price IS NOT NULL
-                 ORDER BY random() LIMIT $1)",
-    )
+    let picked: Vec<EventRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        event_row_columns!(),
+        " FROM (SELECT id FROM events
+                 WHERE status = 'ACTIVE' AND event_type IN ('live', 'upcoming')
+                 ORDER BY random() LIMIT $1) picked
+          JOIN events e ON e.id = picked.id
+          LEFT JOIN outcomes o ON o.event_id = e.id
+         GROUP BY e.id"
+    ))
     .bind(changes)
-    .execute(pool)
+    .fetch_all(pool)
     .await
-    .context("Failed to move prices")?;
+    .context("Failed to read events to price")?;
+    let mut update = PriceUpdate::default();
+    for event in &picked {
+        update.add(event, None, rng);
+    }
+    update.write(pool).await.context("Failed to move prices")?;
 
+    // Bettors back outcomes about as often as the market rates them (a weighted sample:
+    // exponential keys over the price), so pending volume leans the way the price does
+    // instead of pulling every market toward even.
     sqlx::query(
         "INSERT INTO bets (event_id, outcome, user_id, amount)
          SELECT o.event_id, o.name, 'user-' || (1 + floor(random() * 200))::int,
                 round((5 + random() * 495)::numeric, 2)
            FROM outcomes o JOIN events e ON e.id = o.event_id
           WHERE e.status = 'ACTIVE' AND e.event_type IN ('live', 'upcoming')
-          ORDER BY random() LIMIT $1",
+            AND o.external_price > 0
+          ORDER BY -ln(1 - random()) / o.external_price LIMIT $1",
     )
     .bind(changes)
     .execute(pool)
@@ -96,123 +230,153 @@ pub async fn round(pool: &PgPool, rng: &mut StdRng, changes: usize) -> anyhow::R
     advance_live_events(pool, rng, (changes / 2).max(1)).await
 }
 
-/// id, sport, is_esports, elapsed, score of a live event.
-type LiveRow = (String, Option<String>, bool, Option<String>, Option<String>);
-
-/// Advances the clocks of a few live events; finishes the ones at full time and starts
-/// upcoming ones in their place.
+/// Plays a few live matches a step further and prices them at once; finishes the ones that
+/// end and starts upcoming ones in their place.
 async fn advance_live_events(pool: &PgPool, rng: &mut StdRng, count: i64) -> anyhow::Result<()> {
-    let live: Vec<LiveRow> = sqlx::query_as(
-        "SELECT id, sport, is_esports, elapsed, score FROM events
-          WHERE status = 'ACTIVE' AND event_type = 'live' ORDER BY random() LIMIT $1",
-    )
+    let live: Vec<EventRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        event_row_columns!(),
+        " FROM (SELECT id FROM events
+                 WHERE status = 'ACTIVE' AND event_type = 'live'
+                 ORDER BY random() LIMIT $1) picked
+          JOIN events e ON e.id = picked.id
+          LEFT JOIN outcomes o ON o.event_id = e.id
+         GROUP BY e.id"
+    ))
     .bind(count)
     .fetch_all(pool)
     .await
     .context("Failed to read live events")?;
 
-    for (id, sport, is_esports, elapsed, score) in live {
-        let demo = demo_sport(sport.as_deref(), is_esports);
-        let minute = elapsed
-            .as_deref()
-            .and_then(|e| e.trim_end_matches('\'').parse::<u32>().ok())
-            .unwrap_or(0)
-            + 1;
-        if minute >= demo.minutes {
-            finish_and_replace(pool, rng, &id).await?;
+    for event in live {
+        let game = event.game();
+        let matchup = event.demo().map_or(
+            Matchup {
+                game,
+                rating_difference: 0.0,
+                home_venue: false,
+            },
+            |(_, matchup)| matchup,
+        );
+        let play = event.play(game).step(&matchup, rng);
+        if play.is_over(game) {
+            finish_and_replace(pool, rng, &event, play).await?;
             continue;
         }
-        let mut goals = score
-            .as_deref()
-            .and_then(|s| s.split_once('-'))
-            .and_then(|(a, b)| Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)))
-            .unwrap_or((0, 0));
-        if rng.random_bool(0.05) {
-            if rng.random_bool(0.5) {
-                goals.0 += 1;
-            } else {
-                goals.1 += 1;
-            }
+        let board = play.scoreboard(game);
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "UPDATE events SET score = $2, period = $3, elapsed = $4, updated_at = now() WHERE id = $1",
+        )
+        .bind(&event.id)
+        .bind(&board.score)
+        .bind(&board.period)
+        .bind(&board.elapsed)
+        .execute(&mut *tx)
+        .await
+        .with_context(|| format!("Failed to advance event {}", event.id))?;
+        if event.demo().is_some() {
+            let mut update = PriceUpdate::default();
+            update.add(&event, Some(play), rng);
+            update.write(&mut *tx).await?;
         }
-        sqlx::query("UPDATE events SET elapsed = $2, period = $3, score = $4, updated_at = now() WHERE id = $1")
-            .bind(&id)
-            .bind(format!("{minute}'"))
-            .bind(period_label(demo, minute))
-            .bind(format!("{}-{}", goals.0, goals.1))
-            .execute(pool)
-            .await?;
+        tx.commit().await?;
     }
     Ok(())
 }
 
-/// Finishes a live event, kicks off the next upcoming one, and schedules a new upcoming event.
-async fn finish_and_replace(pool: &PgPool, rng: &mut StdRng, id: &str) -> anyhow::Result<()> {
+/// Finishes a live event at `result` and settles its bets by it; kicks off the next upcoming
+/// event and draws a new upcoming one.
+async fn finish_and_replace(
+    pool: &PgPool,
+    rng: &mut StdRng,
+    event: &EventRow,
+    result: Play,
+) -> anyhow::Result<()> {
+    let game = event.game();
     let mut tx = pool.begin().await?;
+    let board = result.scoreboard(game);
     sqlx::query(
-        "UPDATE events SET game_status = 'finished', event_type = 'past', live = false, updated_at = now()
+        "UPDATE events SET game_status = 'finished', event_type = 'past', live = false,
+                score = $2, period = $3, elapsed = $4, updated_at = now()
           WHERE id = $1",
     )
-    .bind(id)
+    .bind(&event.id)
+    .bind(&board.score)
+    .bind(&board.period)
+    .bind(&board.elapsed)
     .execute(&mut *tx)
     .await?;
-    // Pending bets of a finished event are settled.
+    // Pending bets are settled by the result (a points game tied at full time went to
+    // overtime: either side); an event the demo did not make, at random.
+    let winner = event.demo().and_then(|_| {
+        result
+            .winner(game)
+            .and_then(|i| event.outcomes.get(i))
+            .or_else(|| event.outcomes.choose(rng))
+    });
     sqlx::query(
-        "UPDATE bets SET status = CASE WHEN random() < 0.45 THEN 'WON' ELSE 'LOST' END, settled_at = now()
+        "UPDATE bets SET status = CASE WHEN $2::text IS NULL AND random() < 0.45 THEN 'WON'
+                                       WHEN outcome = $2 THEN 'WON' ELSE 'LOST' END,
+                settled_at = now()
           WHERE event_id = $1 AND status = 'PENDING'",
     )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE events SET event_type = 'live', live = true, game_status = 'in_progress', score = '0-0',
-                elapsed = '0''', start_time = now(), updated_at = now()
-          WHERE id = (SELECT id FROM events WHERE status = 'ACTIVE' AND event_type = 'upcoming'
-                       ORDER BY start_time LIMIT 1)",
-    )
+    .bind(&event.id)
+    .bind(winner)
     .execute(&mut *tx)
     .await?;
 
-    let demo = SPORTS.choose(rng).unwrap_or(&SPORTS[0]);
-    let next: i64 = sqlx::query_scalar("SELECT count(*) + 1 FROM events")
+    let next: Option<EventRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        event_row_columns!(),
+        " FROM (SELECT id FROM events
+                 WHERE status = 'ACTIVE' AND event_type = 'upcoming'
+                 ORDER BY start_time LIMIT 1 FOR UPDATE) picked
+          JOIN events e ON e.id = picked.id
+          LEFT JOIN outcomes o ON o.event_id = e.id
+         GROUP BY e.id"
+    ))
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(next) = next {
+        let game = next.game();
+        let kick_off = Play::start(game);
+        let board = kick_off.scoreboard(game);
+        sqlx::query(
+            "UPDATE events SET event_type = 'live', live = true, game_status = 'in_progress',
+                    score = $2, period = $3, elapsed = $4, start_time = now(), updated_at = now()
+              WHERE id = $1",
+        )
+        .bind(&next.id)
+        .bind(&board.score)
+        .bind(&board.period)
+        .bind(&board.elapsed)
+        .execute(&mut *tx)
+        .await?;
+        if next.demo().is_some() {
+            let mut update = PriceUpdate::default();
+            update.add(&next, Some(kick_off), rng);
+            update.write(&mut *tx).await?;
+        }
+    }
+
+    let sport = SPORTS.choose(rng).unwrap_or(&SPORTS[0]);
+    let league = sport.leagues.choose(rng).unwrap_or(&SPORTS[0].leagues[0]);
+    let (home, away) = league.draw_pair(rng);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) + 1 FROM events")
         .fetch_one(&mut *tx)
         .await?;
-    let new_id = format!("evt-{next}-{:04x}", rng.random::<u16>());
-    let mut pair = demo.teams.choose_multiple(rng, 2);
-    let (a, b) = (
-        pair.next().unwrap_or(&"Home"),
-        pair.next().unwrap_or(&"Away"),
-    );
-    sqlx::query(
-        "INSERT INTO events (id, title, sport, league, team_a, team_b, is_esports, event_type, start_time,
-                             external_liquidity)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'upcoming', now() + make_interval(mins => $8), $9)",
-    )
-    .bind(&new_id)
-    .bind(format!("{a} vs {b}"))
-    .bind(demo.sport)
-    .bind(demo.leagues.choose(rng).copied())
-    .bind(*a)
-    .bind(*b)
-    .bind(demo.is_esports)
-    .bind(rng.random_range(60..3 * 24 * 60))
-    .bind(f64::from(rng.random_range(20u32..2_000) * 1_000))
-    .execute(&mut *tx)
-    .await?;
-    for (position, (name, price)) in demo
-        .outcomes
-        .iter()
-        .zip(random_prices(rng, demo.outcomes.len()))
-        .enumerate()
-    {
-        sqlx::query("INSERT INTO outcomes (event_id, name, position, external_price) VALUES ($1, $2, $3, $4)")
-            .bind(&new_id)
-            .bind(*name)
-            .bind(position as i16)
-            .bind(price)
-            .execute(&mut *tx)
-            .await?;
-    }
+    let new_event = NewEvent {
+        id: format!("evt-{count}-{:04x}", rng.random::<u16>()),
+        sport,
+        league,
+        home,
+        away,
+        play: None,
+        start_time: start_ahead(Utc::now(), rng.random_range(60..3 * 24 * 60)),
+    };
+    insert_event(&mut tx, &new_event, rng).await?;
     tx.commit().await?;
-    tracing::debug!(finished = id, created = %new_id, "event finished and replaced");
+    tracing::debug!(finished = event.id, created = %new_event.id, "event finished and replaced");
     Ok(())
 }

@@ -74,17 +74,33 @@ test("the page shows the seeded events with odds, score and clock", async () => 
   assert.ok((await page.locator(".live").count()) > 0, "live events are marked");
   const odds = await page.locator(".outcome .odds").first().textContent();
   assert.match(odds, /^\d+\.\d\d$/);
+  // Upcoming events show when they start as a bettor reads it: "Today 19:45", "Sat 14:30".
+  const starts = (await page.$$eval("[data-event] .top > span:last-child", (els) => els.map((el) => el.textContent)))
+    .filter((text) => !text.startsWith("LIVE"));
+  assert.ok(starts.length > 0, "upcoming events are shown");
+  for (const start of starts) {
+    assert.match(start, /^(Today|Tomorrow|Mon|Tue|Wed|Thu|Fri|Sat|Sun)( \d{1,2} [A-Z][a-z]{2})? \d\d:\d\d$/);
+  }
 });
 
+// An event and the name of its first outcome (HOME, or the first-named side), not already a favourite.
+function firstOutcome(order) {
+  const [id, name] = execFileSync("psql", [env.DATABASE_URL, "-qAtc",
+    `SELECT e.id, o.name FROM events e JOIN outcomes o ON o.event_id = e.id
+      WHERE e.status = 'ACTIVE' AND o.position = 0 AND o.external_price < 0.8 ORDER BY e.id ${order} LIMIT 1`]).toString().trim().split("|");
+  return { id, name };
+}
+// Makes the first outcome a near-certainty: its odds go to the floor.
+function makeFirstOutcomeCertain(id) {
+  sql(`UPDATE outcomes SET external_price = CASE WHEN position = 0 THEN 0.99 ELSE 0.01 END WHERE event_id = '${id}';`);
+}
+
 test("a price change made in PostgreSQL appears within 2 s, flashing", async () => {
-  const id = execFileSync("psql", [env.DATABASE_URL, "-qAtc",
-    "SELECT e.id FROM events e JOIN outcomes o ON o.event_id = e.id WHERE e.status = 'ACTIVE' AND o.name = 'YES' ORDER BY e.id LIMIT 1"]).toString().trim();
-  const selector = `[data-event="${id}"] [data-outcome="YES"] .odds`;
+  const { id, name } = firstOutcome("ASC");
+  const selector = `[data-event="${id}"] [data-outcome="${name}"] .odds`;
   await page.waitForSelector(selector);
   const before = await page.textContent(selector);
-  // Make YES a near-certainty: its odds go to the floor.
-  sql(`UPDATE outcomes SET external_price = 0.99 WHERE event_id = '${id}' AND name = 'YES';
-       UPDATE outcomes SET external_price = 0.01 WHERE event_id = '${id}' AND name <> 'YES';`);
+  makeFirstOutcomeCertain(id);
   const started = Date.now();
   await page.waitForFunction(
     ([sel, old]) => document.querySelector(sel)?.textContent !== old, [selector, before], { timeout: 2000 });
@@ -92,7 +108,7 @@ test("a price change made in PostgreSQL appears within 2 s, flashing", async () 
   const after = await page.textContent(selector);
   assert.ok(Number(after) < Number(before), `${before} -> ${after}`);
   assert.ok(tookMs <= 2000, `appeared after ${tookMs} ms`);
-  const cls = await page.getAttribute(`[data-event="${id}"] [data-outcome="YES"]`, "class");
+  const cls = await page.getAttribute(`[data-event="${id}"] [data-outcome="${name}"]`, "class");
   assert.match(cls, /down/, "lower odds flash down");
   // Latency is measured and shown.
   await page.waitForFunction(() => /ms/.test(document.querySelector("#p50").textContent), null, { timeout: 5000 });
@@ -105,13 +121,11 @@ test("after the server restarts, the page reconnects by itself", async () => {
   startServer();
   await page.waitForFunction(() => document.body.dataset.connection === "open", null, { timeout: 15000 });
   // And it is live again: a new change arrives.
-  const id = execFileSync("psql", [env.DATABASE_URL, "-qAtc",
-    "SELECT e.id FROM events e JOIN outcomes o ON o.event_id = e.id WHERE e.status = 'ACTIVE' AND o.name = 'YES' ORDER BY e.id DESC LIMIT 1"]).toString().trim();
-  const selector = `[data-event="${id}"] [data-outcome="YES"] .odds`;
+  const { id, name } = firstOutcome("DESC");
+  const selector = `[data-event="${id}"] [data-outcome="${name}"] .odds`;
   await page.waitForSelector(selector, { timeout: 10000 });
   const before = await page.textContent(selector);
-  sql(`UPDATE outcomes SET external_price = 0.99 WHERE event_id = '${id}' AND name = 'YES';
-       UPDATE outcomes SET external_price = 0.01 WHERE event_id = '${id}' AND name <> 'YES';`);
+  makeFirstOutcomeCertain(id);
   await page.waitForFunction(
     ([sel, old]) => document.querySelector(sel)?.textContent !== old, [selector, before], { timeout: 5000 });
 });

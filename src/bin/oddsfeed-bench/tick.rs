@@ -44,7 +44,7 @@ pub struct TickArgs {
     /// Ticks to measure per mode and per number of changes.
     #[arg(long, default_value_t = 200)]
     ticks: usize,
-    /// Simulator changes between two ticks (price moves and bets); several, comma-separated
+    /// Simulator changes between two ticks (events repriced and bets); several, comma-separated
     /// (e.g. 10,100), are measured one after the other on the same seeded database.
     #[arg(long, value_delimiter = ',', default_value = "10")]
     changes: Vec<usize>,

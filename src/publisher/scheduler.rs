@@ -152,6 +152,8 @@ struct LoopState {
     /// The book is not known to match PostgreSQL (just loaded, or a full read did not
     /// publish): the next tick reads everything.
     needs_full: bool,
+    /// The stopped state was said in the log (once per stop, so an empty board explains itself).
+    said_stopped: bool,
     /// When the last full read published.
     last_full: Instant,
     /// The database's clock when the last published read began: `$1` of the next
@@ -204,6 +206,7 @@ impl Scheduler {
             needs_full: true,
             last_full: Instant::now(),
             since: None,
+            said_stopped: false,
         };
         // A restarted loop (after a panic) starts from nothing: it is not publishing yet.
         self.set_role(false, false);
@@ -314,7 +317,12 @@ impl Scheduler {
         if desired == Desired::Stopped {
             if state.book.take().is_some() {
                 tracing::info!("publisher stopped by request");
+            } else if !state.said_stopped {
+                tracing::warn!(
+                    "the publisher is stopped (a DELETE /api/sports/ws-publisher is stored in PostgreSQL and survives restarts): nothing is published until POST /api/sports/ws-publisher"
+                );
             }
+            state.said_stopped = true;
             // The first tick after a start reads everything, so the log need not grow.
             if self.leader.reads_log()
                 && let Err(error) = self.source.drain_changes().await
@@ -325,6 +333,7 @@ impl Scheduler {
             return Ok(Cycle::Stopped);
         }
 
+        state.said_stopped = false;
         let mut book = match state.book.take() {
             Some(book) => book,
             None => self.load_book(state).await?,

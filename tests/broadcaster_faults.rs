@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -404,7 +405,6 @@ async fn sigterm_closes_every_client_with_1001_and_exits() {
     }
     let (idle, _) = WsClient::connect_welcomed(&url).await;
     clients.push(idle);
-
     let started = Instant::now();
     let status = server.terminate().await;
     assert!(status.success(), "exit status {status:?}");
@@ -422,5 +422,59 @@ async fn sigterm_closes_every_client_with_1001_and_exits() {
             .await
             .is_err()
     );
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_neither_for_half_sent_requests_nor_for_held_polls() {
+    let db = TestDb::new().await;
+    seed_football(&db, 3).await;
+    let (env, channel) = env_for(&db, &redis_url(), &[]);
+    let mut server = Server::start(&["serve"], &env).await;
+    wait_published(&redis_url(), &channel).await;
+    // A connection in the middle of sending its request, and a Socket.IO long-polling page
+    // that keeps a poll held: neither makes the shutdown wait (before: 2 s for either,
+    // the grace a connection got at shutdown).
+    let mut half = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let http = format!("http://{}/socket.io/?EIO=4&transport=polling", server.addr);
+    let open = reqwest::get(&http).await.unwrap().text().await.unwrap();
+    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let session = format!("{http}&sid={sid}");
+    let sent = reqwest::Client::new()
+        .post(&session)
+        .body("40")
+        .send()
+        .await
+        .unwrap();
+    assert!(sent.status().is_success());
+    let page = tokio::spawn(async move {
+        // Polls as a page does, until the session or the server is gone.
+        loop {
+            let Ok(response) = reqwest::get(&session).await else {
+                break;
+            };
+            if !response.status().is_success() || response.text().await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let status = server.terminate().await;
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    drop(half);
+    let _ = tokio::time::timeout(WAIT, page).await;
     db.drop_db().await;
 }

@@ -24,6 +24,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -79,7 +80,7 @@ impl Budget {
             return true;
         }
         if b.last_error
-            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1))
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
             b.last_error = Some(std::time::Instant::now());
             error(socket, "rate_limited", "too many messages; slow down");
@@ -274,7 +275,7 @@ fn on_connect(ctx: Arc<Context>, socket: SocketRef, auth: Option<Value>) -> Resu
             identity.expires_at.saturating_sub(now_secs()),
         );
         tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            tokio::time::sleep(Duration::from_secs(wait)).await;
             for room in socket.rooms() {
                 if room == ADMINS || room.starts_with("user:") {
                     socket.leave(room.to_string());
@@ -423,7 +424,12 @@ pub async fn run_feed(
 ) {
     loop {
         let item = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => {
+                // Shutdown: every socket is told (a held long-polling request is answered
+                // with the close), so no connection waits out its poll.
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.close()).await;
+                return;
+            }
             item = feed.recv() => match item {
                 Some(item) => item,
                 None => return,
@@ -649,7 +655,7 @@ fn sport_rooms(io: &SocketIo) -> Vec<String> {
 }
 
 /// How long a socket whose buffer was full waits before it gets fresh lists.
-const RECOVER_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+const RECOVER_AFTER: Duration = Duration::from_secs(1);
 
 /// Sends to one socket. A socket whose buffer is full cannot be told anything, not even to
 /// disconnect: it leaves its odds rooms at once (so it never holds a list with a change

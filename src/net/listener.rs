@@ -144,7 +144,8 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 impl HttpServer {
-    /// Accepts until `cancel`; then pending connections finish their request and close.
+    /// Accepts until `cancel`; then a connection whose request is being handled has up to 2 s
+    /// to answer it, and any other closes after a 100 ms flush.
     /// Connection tasks are spawned on `tracker`, so shutdown can wait for them.
     pub async fn run(self, cancel: CancellationToken, tracker: TaskTracker) {
         let shared = Arc::new(Shared {
@@ -278,12 +279,20 @@ async fn connection(
         shared: shared.clone(),
     });
     let service_place = ConnectionPlace(Arc::downgrade(&place));
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let service_in_flight = in_flight.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let client = ClientAddr::resolve(peer, req.headers(), &trusted);
         req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut().insert(client);
         req.extensions_mut().insert(service_place.clone());
-        router.clone().oneshot(req.map(Body::new))
+        let handling = InFlight::new(&service_in_flight);
+        let response = router.clone().oneshot(req.map(Body::new));
+        async move {
+            let response = response.await;
+            drop(handling);
+            response
+        }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -304,9 +313,36 @@ async fn connection(
         _ = evicted.cancelled() => closed("evicted"),
         _ = activity.idle_for(limits.idle_timeout) => closed("idle_timeout"),
         _ = cancel.cancelled() => {
+            // A request being handled gets up to 2 s to be answered; a connection between
+            // requests, or in the middle of sending one, only the moment to flush what it is
+            // being sent (hyper would wait for the rest of a half-sent request).
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+            let grace = if in_flight.load(Ordering::Relaxed) > 0 {
+                Duration::from_secs(2)
+            } else {
+                SHUTDOWN_FLUSH
+            };
+            let _ = tokio::time::timeout(grace, conn).await;
         }
+    }
+}
+
+/// At shutdown, how long a connection with no request being handled has to flush.
+const SHUTDOWN_FLUSH: Duration = Duration::from_millis(100);
+
+/// Counts a request while its handler runs (and on cancellation too).
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicU64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

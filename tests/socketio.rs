@@ -47,6 +47,32 @@ fn prices(events: impl IntoIterator<Item = Value>) -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// Runs the node test `file` (one test) while e0's HOME price moves every `every`; it must
+/// finish within `limit`.
+async fn node_test_while_prices_move(
+    db: &TestDb,
+    every: Duration,
+    file: &str,
+    env: &[(&str, String)],
+    limit: Duration,
+) {
+    let pool = db.pool.clone();
+    let churn = tokio::spawn(async move {
+        for i in 0u64.. {
+            let _ = sqlx::query(
+                "UPDATE outcomes SET external_price = $1 WHERE event_id = 'e0' AND name = 'HOME'",
+            )
+            .bind(0.2 + (i % 50) as f64 / 100.0)
+            .execute(&pool)
+            .await;
+            tokio::time::sleep(every).await;
+        }
+    });
+    let result = tokio::time::timeout(limit, run_node_tests(file, env, 1)).await;
+    churn.abort();
+    result.expect("the node test finishes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_io_client_pages_work_unchanged() {
     let db = TestDb::new().await;
@@ -247,30 +273,14 @@ async fn a_page_whose_send_buffer_filled_gets_fresh_lists() {
     env.push(("TICK_INTERVAL_MS", "50".into()));
     let server = Server::start(&["serve"], &env).await;
     wait_published(&redis_url(), &channel).await;
-    let pool = db.pool.clone();
-    let churn = tokio::spawn(async move {
-        for i in 0u64.. {
-            let _ = sqlx::query(
-                "UPDATE outcomes SET external_price = $1 WHERE event_id = 'e0' AND name = 'HOME'",
-            )
-            .bind(0.2 + (i % 50) as f64 / 100.0)
-            .execute(&pool)
-            .await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    let url = format!("http://{}", server.addr);
-    let result = tokio::time::timeout(
+    node_test_while_prices_move(
+        &db,
+        Duration::from_millis(50),
+        "test/socketio-slow.test.mjs",
+        &[("ODDSFEED_HTTP_URL", format!("http://{}", server.addr))],
         Duration::from_secs(60),
-        run_node_tests(
-            "test/socketio-slow.test.mjs",
-            &[("ODDSFEED_HTTP_URL", url)],
-            1,
-        ),
     )
     .await;
-    churn.abort();
-    result.expect("the node test finishes");
     let metrics = server.metrics().await;
     assert!(
         metric_value(&metrics, "oddsfeed_socketio_resyncs_total") >= 1.0,
@@ -288,31 +298,18 @@ async fn long_polling_pages_above_the_pending_cap_are_not_evicted() {
     env.push(("MAX_PENDING_CONNECTIONS", "4".into()));
     let server = Server::start(&["serve"], &env).await;
     wait_published(&redis_url(), &channel).await;
-    let pool = db.pool.clone();
-    let churn = tokio::spawn(async move {
-        for i in 0u64.. {
-            let _ = sqlx::query(
-                "UPDATE outcomes SET external_price = $1 WHERE event_id = 'e0' AND name = 'HOME'",
-            )
-            .bind(0.2 + (i % 50) as f64 / 100.0)
-            .execute(&pool)
-            .await;
-            // Polls wait longer than a pending connection may (1 s) while others queue.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-        }
-    });
-    let url = format!("http://{}", server.addr);
-    let result = tokio::time::timeout(
+    // Polls wait longer than a pending connection may (1 s) while others queue.
+    node_test_while_prices_move(
+        &db,
+        Duration::from_millis(1500),
+        "test/socketio-polling.test.mjs",
+        &[
+            ("ODDSFEED_HTTP_URL", format!("http://{}", server.addr)),
+            ("PAGES", "16".into()),
+        ],
         Duration::from_secs(90),
-        run_node_tests(
-            "test/socketio-polling.test.mjs",
-            &[("ODDSFEED_HTTP_URL", url), ("PAGES", "16".into())],
-            1,
-        ),
     )
     .await;
-    churn.abort();
-    result.expect("the node test finishes");
     drop(server);
     db.drop_db().await;
 }

@@ -720,6 +720,17 @@ pub fn take_upgraded(upgraded: hyper::upgrade::Upgraded) -> Result<(Stream, Byte
 mod tests {
     use super::*;
 
+    /// A newcomer asking for a place, checked to be still waiting.
+    async fn waiting_newcomer(pending: &Arc<Pending>) -> tokio::task::JoinHandle<PendingSlot> {
+        let waiting = {
+            let pending = pending.clone();
+            tokio::spawn(async move { pending.admit().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        waiting
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_that_arrives_after_an_idle_spell_is_young() {
         let pending = Arc::new(Pending::new(2));
@@ -734,12 +745,7 @@ mod tests {
         assert!(!idle.evicted.is_cancelled());
         // ...and the next one waits for the one that just arrived to have had EVICT_AFTER.
         let started = Instant::now();
-        let waiting = {
-            let pending = pending.clone();
-            tokio::spawn(async move { pending.admit().await })
-        };
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
+        let waiting = waiting_newcomer(&pending).await;
         assert!(!idle.evicted.is_cancelled());
         let _second = waiting.await.unwrap();
         assert_eq!(started.elapsed(), EVICT_AFTER);
@@ -754,12 +760,7 @@ mod tests {
         let b = pending.admit().await;
         // At the cap with young connections: the newcomer waits.
         let started = Instant::now();
-        let waiting = {
-            let pending = pending.clone();
-            tokio::spawn(async move { pending.admit().await })
-        };
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
+        let waiting = waiting_newcomer(&pending).await;
         // A place given back lets it in at once.
         drop(b);
         let c = waiting.await.unwrap();

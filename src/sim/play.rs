@@ -251,22 +251,12 @@ impl Play {
                     (home, away + 1)
                 };
                 let set_over = |a: u32, b: u32| a >= 6 && a >= b + 2 || a >= 7 && a > b;
-                if set_over(games.0, games.1) {
-                    Play::Series {
-                        won: (won.0 + 1, won.1),
-                        current: (0, 0),
-                    }
-                } else if set_over(games.1, games.0) {
-                    Play::Series {
-                        won: (won.0, won.1 + 1),
-                        current: (0, 0),
-                    }
-                } else {
-                    Play::Series {
-                        won,
-                        current: games,
-                    }
-                }
+                series_step(
+                    won,
+                    games,
+                    set_over(games.0, games.1),
+                    set_over(games.1, games.0),
+                )
             }
             (Play::Series { won, current }, Game::RoundMaps { rounds }) => {
                 let (home, away) = if rng.random_bool(matchup.round_win()) {
@@ -274,22 +264,12 @@ impl Play {
                 } else {
                     (current.0, current.1 + 1)
                 };
-                if home >= rounds && home > away {
-                    Play::Series {
-                        won: (won.0 + 1, won.1),
-                        current: (0, 0),
-                    }
-                } else if away >= rounds && away > home {
-                    Play::Series {
-                        won: (won.0, won.1 + 1),
-                        current: (0, 0),
-                    }
-                } else {
-                    Play::Series {
-                        won,
-                        current: (home, away),
-                    }
-                }
+                series_step(
+                    won,
+                    (home, away),
+                    home >= rounds && home > away,
+                    away >= rounds && away > home,
+                )
             }
             (Play::MapClock { won, minute }, _) => {
                 let minute = minute + 1;
@@ -413,6 +393,24 @@ fn points_in_a_minute(scoring: Scoring, expected: f64, rng: &mut impl Rng) -> u3
                 0
             }
         }
+    }
+}
+
+/// A series once its current unit (set, map) stands at `current`: a side that took the unit
+/// wins one more and the next unit starts at 0-0.
+fn series_step(won: (u32, u32), current: (u32, u32), home_took: bool, away_took: bool) -> Play {
+    if home_took {
+        Play::Series {
+            won: (won.0 + 1, won.1),
+            current: (0, 0),
+        }
+    } else if away_took {
+        Play::Series {
+            won: (won.0, won.1 + 1),
+            current: (0, 0),
+        }
+    } else {
+        Play::Series { won, current }
     }
 }
 

@@ -295,12 +295,16 @@ pub enum ServerMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
     },
+    #[serde(rename_all = "camelCase")]
     Latency {
         recorded: bool,
         /// Why the value was not recorded ([`ImplausibleLatency::label`]); absent when it was,
         /// or when another report was recorded less than a second ago.
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<&'static str>,
+        /// As in `pong`: a report is also a ping for the client's clock offset.
+        server_time: i64,
+        server_time_us: i64,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
     },
@@ -495,12 +499,14 @@ mod tests {
         let text = ServerMessage::Latency {
             recorded: false,
             reason: Some(ImplausibleLatency::TooLarge.label()),
+            server_time: 9,
+            server_time_us: 9_123,
             id: None,
         }
         .to_json();
         assert_eq!(
             text,
-            r#"{"type":"latency","recorded":false,"reason":"too_large"}"#
+            r#"{"type":"latency","recorded":false,"reason":"too_large","serverTime":9,"serverTimeUs":9123}"#
         );
         let text = ServerMessage::Odds {
             room: "sport:all",

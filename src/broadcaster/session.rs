@@ -609,37 +609,35 @@ impl Session {
     }
 
     /// Records a latency report, or counts it as implausible; at most one a second either way.
+    /// The reply carries the server's time, so that a report also serves the client as a ping.
     fn take_latency(&mut self, report: LatencyReport, id: Option<&Value>) {
         let due = self
             .last_latency
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if !due {
-            return self.reply(ServerMessage::Latency {
-                recorded: false,
-                reason: None,
-                id,
-            });
-        }
-        self.last_latency = Some(Instant::now());
-        match report {
-            LatencyReport::Plausible { seconds } => {
-                histogram!(m::BROWSER_LATENCY).record(seconds);
-                self.reply(ServerMessage::Latency {
-                    recorded: true,
-                    reason: None,
-                    id,
-                });
+        let (recorded, reason) = if !due {
+            (false, None)
+        } else {
+            self.last_latency = Some(Instant::now());
+            match report {
+                LatencyReport::Plausible { seconds } => {
+                    histogram!(m::BROWSER_LATENCY).record(seconds);
+                    (true, None)
+                }
+                LatencyReport::Implausible(why) => {
+                    counter!(m::BROWSER_LATENCY_REJECTED, "reason" => why.label()).increment(1);
+                    tracing::debug!(reason = why.label(), "latency report rejected");
+                    (false, Some(why.label()))
+                }
             }
-            LatencyReport::Implausible(why) => {
-                counter!(m::BROWSER_LATENCY_REJECTED, "reason" => why.label()).increment(1);
-                tracing::debug!(reason = why.label(), "latency report rejected");
-                self.reply(ServerMessage::Latency {
-                    recorded: false,
-                    reason: Some(why.label()),
-                    id,
-                });
-            }
-        }
+        };
+        let server_time_us = now_us();
+        self.reply(ServerMessage::Latency {
+            recorded,
+            reason,
+            server_time: server_time_us.div_euclid(1000),
+            server_time_us,
+            id,
+        });
     }
 
     /// Leaves the rooms only the identity could enter and says so.

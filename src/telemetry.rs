@@ -53,6 +53,7 @@ pub const FANOUT_BATCH: &str = "oddsfeed_ws_fanout_batch_seconds";
 pub const RELAY_LATENCY: &str = "oddsfeed_relay_receive_latency_seconds";
 pub const DELIVERY_LATENCY: &str = "oddsfeed_delivery_latency_seconds";
 pub const BROWSER_LATENCY: &str = "oddsfeed_browser_latency_seconds";
+pub const BROWSER_LATENCY_REJECTED: &str = "oddsfeed_browser_latency_rejected_total";
 pub const RELAY_RESYNCS: &str = "oddsfeed_relay_resyncs_total";
 pub const RELAY_DROPPED: &str = "oddsfeed_relay_dropped_messages_total";
 // The HTTP edge (every mode).
@@ -268,6 +269,9 @@ pub fn register_broadcaster_metrics() {
     let _ = metrics::histogram!(RELAY_LATENCY);
     let _ = metrics::histogram!(FANOUT_BATCH);
     let _ = metrics::histogram!(BROWSER_LATENCY);
+    for reason in crate::broadcaster::protocol::ImplausibleLatency::LABELS {
+        metrics::counter!(BROWSER_LATENCY_REJECTED, "reason" => reason).increment(0);
+    }
 }
 
 fn describe() {
@@ -516,7 +520,12 @@ fn describe() {
     describe_histogram!(
         BROWSER_LATENCY,
         Unit::Seconds,
-        "Latency reported by browsers (latency messages)."
+        "Latency reported by browsers (latency messages), from 0 to 10 s."
+    );
+    describe_counter!(
+        BROWSER_LATENCY_REJECTED,
+        Unit::Count,
+        "Latency reports not recorded because the value cannot be a latency, by reason (negative, too_large: above 10 s, not_finite: null)."
     );
     describe_gauge!(
         BUILD_INFO,

@@ -18,16 +18,20 @@ async fn odds_board_in_headless_chromium() {
         .port();
     let channel = format!("t-{}", random_suffix());
     let screenshot = std::env::var("BOARD_SCREENSHOT").ok();
+    // The Chromium profile and every temporary file of the run; node removes it however its
+    // tests end, and this guard when node itself was killed (or the assertion below fails).
+    let scratch = TempPath::dir("board");
     let mut env = vec![
         ("ODDSFEED_BIN", env!("CARGO_BIN_EXE_oddsfeed").to_string()),
         ("DATABASE_URL", db.url.clone()),
         ("REDIS_URL", redis_url()),
         ("ODDS_CHANNEL", channel),
         ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+        ("BOARD_TMP", scratch.display().to_string()),
     ];
     if let Some(path) = screenshot {
         env.push(("SCREENSHOT", path));
     }
-    run_node_tests("test/board.test.mjs", &env, 3).await;
+    run_node_tests("test/board.test.mjs", &env, 4).await;
     db.drop_db().await;
 }

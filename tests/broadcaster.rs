@@ -363,7 +363,7 @@ async fn bad_input_gets_errors_and_the_connection_stays_usable() {
             "unauthorized",
         ),
         (
-            json!({"type": "latency", "ms": 99999}).to_string(),
+            json!({"type": "latency", "ms": "NaN"}).to_string(),
             "bad_request",
         ),
         (
@@ -464,6 +464,80 @@ async fn bad_input_gets_errors_and_the_connection_stays_usable() {
             "oddsfeed_ws_client_errors_total{code=\"rate_limited\"}"
         ) >= 1.0
     );
+    db.drop_db().await;
+}
+
+/// A client with a broken clock: its impossible latencies are answered `recorded: false` with
+/// the reason and counted, and only the plausible one reaches the histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implausible_latency_reports_are_counted_not_recorded() {
+    let db = TestDb::new().await;
+    let (server, _) = serve_seeded(&db, 2).await;
+    let (mut c, welcome) = WsClient::connect_welcomed(&ws_url(&server)).await;
+    c.send(json!({"type": "subscribe", "room": "sport:all"}))
+        .await;
+    c.expect_type("snapshot", WAIT).await;
+    // Server time in microseconds too, for clock offsets below a millisecond.
+    c.send(json!({"type": "ping", "id": "clock"})).await;
+    let pong = c.expect_type("pong", WAIT).await;
+    for message in [&welcome, &pong] {
+        let us = message["serverTimeUs"].as_i64().expect("serverTimeUs");
+        assert_eq!(us.div_euclid(1000), message["serverTime"], "{message}");
+    }
+
+    // Arrange: one report a second is considered, so each value gets its own second.
+    let cases = [
+        (json!(14700), false, json!("too_large")),
+        (json!(-5), false, json!("negative")),
+        // JSON.stringify(NaN) and JSON.stringify(Infinity) are null.
+        (Value::Null, false, json!("not_finite")),
+        (json!(12.3), true, Value::Null),
+    ];
+    for (i, (ms, recorded, reason)) in cases.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        // Act
+        c.send(json!({"type": "latency", "ms": ms, "id": i})).await;
+        let reply = c.expect_type("latency", WAIT).await;
+        // Assert
+        assert_eq!(reply["id"], i, "{reply}");
+        assert_eq!(reply["recorded"], *recorded, "{ms}: {reply}");
+        assert_eq!(reply["reason"], *reason, "{ms}: {reply}");
+    }
+    // Within the second: neither recorded nor counted as implausible.
+    c.send(json!({"type": "latency", "ms": 20000})).await;
+    let reply = c.expect_type("latency", WAIT).await;
+    assert_eq!(reply["recorded"], false, "{reply}");
+    assert!(reply.get("reason").is_none(), "{reply}");
+    // Every reply has the server's time: a report is also a ping for the clock offset.
+    let us = reply["serverTimeUs"].as_i64().expect("serverTimeUs");
+    assert_eq!(us.div_euclid(1000), reply["serverTime"], "{reply}");
+    // Not a number at all: a malformed message, not a measurement.
+    c.send(json!({"type": "latency", "ms": "NaN"})).await;
+    assert_eq!(c.expect_type("error", WAIT).await["code"], "bad_request");
+
+    server
+        .wait_metric("oddsfeed_browser_latency_seconds_count", 1.0, WAIT)
+        .await;
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "oddsfeed_browser_latency_seconds_count"),
+        1.0,
+        "{metrics}"
+    );
+    let sum = metric_value(&metrics, "oddsfeed_browser_latency_seconds_sum");
+    assert!((sum - 0.0123).abs() < 1e-9, "only 12.3 ms recorded: {sum}");
+    for reason in ["too_large", "negative", "not_finite"] {
+        assert_eq!(
+            metric_value(
+                &metrics,
+                &format!("oddsfeed_browser_latency_rejected_total{{reason=\"{reason}\"}}")
+            ),
+            1.0,
+            "{reason}: {metrics}"
+        );
+    }
     db.drop_db().await;
 }
 

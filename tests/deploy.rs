@@ -14,12 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const WAIT: Duration = Duration::from_secs(10);
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("oddsfeed-{name}-{}", random_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -104,7 +98,7 @@ async fn wss_through_the_shipped_nginx_site() {
         .arg("-c")
         .arg(&conf)
         .arg("-p")
-        .arg(&dir)
+        .arg(&*dir)
         .output()
         .expect("nginx is installed");
     assert!(
@@ -117,7 +111,7 @@ async fn wss_through_the_shipped_nginx_site() {
             .arg("-c")
             .arg(&conf)
             .arg("-p")
-            .arg(&dir)
+            .arg(&*dir)
             .args(["-g", "daemon off;"])
             .spawn()
             .expect("start nginx"),
@@ -154,7 +148,6 @@ async fn wss_through_the_shipped_nginx_site() {
     )
     .await;
     client.assert_usable().await;
-    let _ = std::fs::remove_dir_all(dir);
     db.drop_db().await;
 }
 
@@ -168,7 +161,7 @@ fn systemd_units_verify() {
         println!("systemd-analyze is not available here; units not verified");
         return;
     }
-    let dir = temp_dir("systemd");
+    let dir = TempPath::dir("systemd");
     let mut units = Vec::new();
     for entry in std::fs::read_dir(Path::new(DEPLOY).join("systemd")).unwrap() {
         let path = entry.unwrap().path();
@@ -205,7 +198,6 @@ fn systemd_units_verify() {
         out.status.success() && stderr.trim().is_empty(),
         "systemd-analyze verify:\n{stderr}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

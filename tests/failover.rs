@@ -286,8 +286,7 @@ async fn a_database_that_appears_after_boot_is_picked_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_query_with_wrong_columns_is_reported_not_fatal() {
     let db = TestDb::new().await;
-    let dir = std::env::temp_dir().join(format!("oddsfeed-sql-{}", random_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempPath::dir("sql");
     let path = dir.join("bad.sql");
     std::fs::write(&path, "SELECT 1 AS event_id").unwrap();
     let (mut env, _) = publisher_env(&db, &redis_url());
@@ -307,6 +306,5 @@ async fn an_operator_query_with_wrong_columns_is_reported_not_fatal() {
     env2.push(("ACTIVE_EVENTS_SQL", "/nonexistent/active.sql".into()));
     let text = boot_failure(&["publisher"], &env2).await;
     assert!(text.contains("/nonexistent/active.sql"), "{text}");
-    let _ = std::fs::remove_dir_all(dir);
     db.drop_db().await;
 }

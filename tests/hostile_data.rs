@@ -154,8 +154,8 @@ fn row(id: Option<&str>, sport: &str, start: &str, outcome: &str, price: f64) ->
     )
 }
 
-fn write_query(sql: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("oddsfeed-query-{}.sql", random_suffix()));
+fn write_query(sql: &str) -> TempPath {
+    let path = TempPath::file("query");
     std::fs::write(&path, sql).unwrap();
     path
 }
@@ -337,7 +337,6 @@ async fn hostile_rows_hurt_only_their_event() {
         .filter(|l| l.contains("active-events row") && l.contains("\"event\":\"inf\""))
         .count();
     assert_eq!(logged, 1, "logged once per event");
-    let _ = std::fs::remove_file(query);
     db.drop_db().await;
 }
 
@@ -363,7 +362,6 @@ async fn a_column_oddsfeed_cannot_read_fails_the_tick_with_the_cast_to_add() {
     );
     let (_, health) = server.get_json("/health").await;
     assert_eq!(health["status"], "degraded");
-    let _ = std::fs::remove_file(query);
     db.drop_db().await;
 }
 

@@ -83,10 +83,10 @@ async fn socket_io_client_pages_work_unchanged() {
     let server = Server::start(&["serve"], &env).await;
     wait_published(&redis_url(), &channel).await;
 
-    let out = std::env::temp_dir().join(format!("oddsfeed-sio-{}.json", random_suffix()));
+    let out = TempPath::file("sio");
     let pool = db.pool.clone();
     let redis = redis_url();
-    let out_path = out.clone();
+    let out_path = out.to_path_buf();
     let (merged_tx, merged_rx) = tokio::sync::oneshot::channel();
     // A native client in sport:all beside the Socket.IO pages.
     let (mut native, _) = WsClient::connect_welcomed(&format!("ws://{}/ws", server.addr)).await;
@@ -161,7 +161,6 @@ async fn socket_io_client_pages_work_unchanged() {
     .await;
     driver.abort();
     result.expect("the node tests finish");
-    let _ = std::fs::remove_file(&out);
     // What the page merged from the list and the updates is exactly the stored state.
     let (merged, stored, native) = merged_rx.await.expect("the page wrote what it merged");
     let stored = prices(stored.into_values());
@@ -219,7 +218,7 @@ async fn a_page_reconnects_after_a_restart_and_floods_are_rate_limited() {
     assert_eq!(status("http://evil.example").await, "403");
     assert_eq!(status("http://pages.example").await, "200");
 
-    let ready = std::env::temp_dir().join(format!("oddsfeed-sio-ready-{}", random_suffix()));
+    let ready = TempPath::file("sio-ready");
     let node_env = vec![
         ("ODDSFEED_HTTP_URL", format!("http://127.0.0.1:{port}")),
         ("SIO_READY", ready.display().to_string()),
@@ -249,7 +248,6 @@ async fn a_page_reconnects_after_a_restart_and_floods_are_rate_limited() {
     let result = tokio::time::timeout(Duration::from_secs(120), node).await;
     churn.abort();
     result.expect("the node tests finish").expect("node ran");
-    let _ = std::fs::remove_file(&ready);
     // The page that reconnected is served by the new process.
     let metrics = server.metrics().await;
     assert!(

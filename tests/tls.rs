@@ -56,7 +56,6 @@ async fn https_and_wss_with_a_self_signed_certificate() {
         .unwrap()
         .unwrap_or(0);
     assert!(!String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    let _ = std::fs::remove_dir_all(dir);
     db.drop_db().await;
 }
 
@@ -69,7 +68,6 @@ async fn a_missing_key_file_stops_the_process_at_boot_with_a_clear_error() {
     env.push(("TLS_KEY", "/nonexistent/key.pem".to_string()));
     let text = boot_failure(&["serve"], &env).await;
     assert!(text.contains("/nonexistent/key.pem"), "{text}");
-    let _ = std::fs::remove_dir_all(dir);
     db.drop_db().await;
 }
 
@@ -126,6 +124,5 @@ async fn a_wss_client_that_pauses_catches_up_without_a_gap() {
     }
     assert!(view.gaps.is_empty(), "{:?}", view.gaps);
     assert!(view.diffs > 20, "{} diffs", view.diffs);
-    let _ = std::fs::remove_dir_all(dir);
     db.drop_db().await;
 }

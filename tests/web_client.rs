@@ -1,5 +1,5 @@
 //! The JavaScript client (web/) under Node's test runner, against a real `oddsfeed serve`
-//! while prices change in PostgreSQL.
+//! while prices change in PostgreSQL; and its latency estimate alone, against a fake server.
 
 mod support;
 
@@ -46,4 +46,11 @@ async fn javascript_client_against_a_real_server() {
         "{metrics}"
     );
     db.drop_db().await;
+}
+
+/// The client's clock offset, latency estimate and formatting against a fake server and clock
+/// (web/test/latency.test.mjs): clocks stepped either way, replays, millisecond-only servers.
+#[tokio::test]
+async fn javascript_latency_estimate_and_formatting() {
+    run_node_tests("test/latency.test.mjs", &[], 8).await;
 }

@@ -51,6 +51,54 @@ export interface OddsFeedOptions {
   latencyWindowMs?: number;
   /** Report measured latency to the server once a second (default true). */
   reportLatency?: boolean;
+  /** Ping for the clock offset this often, in ms (default 10000; 3 pings 0.5 s apart on connecting). */
+  clockSyncIntervalMs?: number;
+  /**
+   * Our clock in Unix ms, for tests. Default: `performance.timeOrigin + performance.now()`
+   * (a fraction of a millisecond), else `Date.now()`.
+   */
+  now?: () => number;
+  /** Resolution of `now` in ms (default 0 with `now`; 0.1 for performance.now, 1 for Date.now). */
+  clockResolutionMs?: number;
+}
+
+/** Latency percentiles over the last minute (`OddsFeedClient.latency()`). */
+export interface LatencySummary {
+  /** Latencies measured in the window. */
+  count: number;
+  /** Median publish → receive latency in ms, or null when none was measured. */
+  p50: number | null;
+  p99: number | null;
+  /**
+   * `p50` and `p99` are each within this many ms of the truth (the half round trip of the
+   * clock offset they were measured with, plus timestamp resolutions), so one may be slightly
+   * below 0: show them with `formatLatency`.
+   */
+  uncertaintyMs: number;
+  /** Latencies left out because they were below 0 by more than their uncertainty (a wrong clock offset). */
+  untrusted: number;
+}
+
+/**
+ * "0.4 ms" below 10 ms, "12 ms" above; "< 0.3 ms" when the value is within `uncertaintyMs` of 0
+ * or below 0.05 ms; "–" for null. Never "0 ms".
+ */
+export function formatLatency(ms: number | null, uncertaintyMs?: number): string;
+
+/** One clock-offset sample from a round trip: server clock minus ours, within `halfWidth` ms. */
+export function offsetSample(
+  sentAt: number,
+  serverTime: number,
+  receivedAt: number,
+  serverResolutionMs?: number,
+  localResolutionMs?: number,
+): { offset: number; halfWidth: number };
+
+/** The narrowest of the last 8 offset samples; disjoint intervals (a stepped clock) drop the older ones. */
+export class ClockOffset {
+  add(sample: { offset: number; halfWidth: number }): void;
+  best(): { offset: number; halfWidth: number } | null;
+  reset(): void;
 }
 
 export interface ServerError {
@@ -66,6 +114,8 @@ export class OddsFeedClient {
   readonly publisher: PublisherStatus;
   /** Server clock minus local clock, in ms. */
   readonly clockOffsetMs: number;
+  /** How far `clockOffsetMs` may be off, in ms (half the best recent round trip, plus resolutions). */
+  readonly clockUncertaintyMs: number;
   readonly clientId: string | null;
   connect(): this;
   close(): void;
@@ -74,10 +124,11 @@ export class OddsFeedClient {
   events(room: string): OddsEvent[];
   position(room: string): { epoch: string | null; seq: number; snapshots: number; gaps: number } | null;
   /** Latency percentiles in ms over the last minute. */
-  latency(): { count: number; p50: number | null; p99: number | null };
+  latency(): LatencySummary;
   on(name: "status", fn: (status: ConnectionStatus) => void): () => void;
   on(name: "publisher", fn: (status: PublisherStatus) => void): () => void;
   on(name: "update", fn: (room: string, events: OddsEvent[]) => void): () => void;
+  /** Each measured latency in ms (may be slightly below 0, within `latency().uncertaintyMs`). */
   on(name: "latency", fn: (ms: number) => void): () => void;
   on(name: "error", fn: (error: ServerError) => void): () => void;
   on(name: "message", fn: (message: { type: string; [key: string]: unknown }) => void): () => void;

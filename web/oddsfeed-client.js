@@ -5,18 +5,162 @@
 //   const stop = feed.subscribe("sport:football", (events, room) => render(events));
 //   feed.on("status", (s) => console.log("connection", s));      // connecting|open|reconnecting|closed
 //   feed.on("publisher", (p) => console.log("publisher", p));    // live|stale
+//   setInterval(() => { const l = feed.latency(); show(formatLatency(l.p50, l.uncertaintyMs)); }, 1000);
 //
 // It reconnects with exponential backoff and full jitter, resumes each room with epoch+seq
 // (the server replays what was missed, or sends a snapshot), resubscribes when it sees a seq
-// gap, keeps every room's events, estimates the server clock offset from serverTime, measures
-// publish-to-receive latency and reports it to the server once a second.
+// gap, keeps every room's events, estimates the server clock offset from its pings, measures
+// publish-to-receive latency below the millisecond (from about 1.5 s after connecting, once
+// the first pings are back) and reports it to the server once a second.
+//
+// The latency is only as good as the clock offset. Each ping gives an interval the server's
+// clock was in (it stamped `serverTimeUs` between our send and our receive), so the offset is
+// the interval's middle, within half the round trip (NTP's reasoning); the narrowest is used
+// (NTP's clock filter). The replies to latency reports carry the
+// server's time too, so a page that reports once a second also syncs once a second. The two
+// clocks run at different rates (NTP slews a clock by up to 0.05 %; on a virtual machine we
+// measured the wall clock 0.5 % faster than the monotonic one the browser measures with: 5 ms
+// a second), so the rate is measured too, from the two samples that bound it best, and the
+// uncertainty grows with the time since the sample by the rate's own error. A
+// sample the estimate cannot hold with means a clock was stepped: the older ones are dropped.
+// A latency below 0 by more than its uncertainty is not a latency but a wrong offset: it is
+// counted (`untrusted`), neither kept nor reported, and the clock is synced again at once.
+// Nothing is clamped to 0.
 
 const DEFAULTS = {
   initialBackoffMs: 250,
   maxBackoffMs: 15000,
   latencyWindowMs: 60000,
   reportLatency: true,
+  clockSyncIntervalMs: 10000,
 };
+
+/** Round trips kept for the clock offset and rate: the last 16, over 2 minutes at most. */
+const CLOCK_SAMPLES = 16;
+const CLOCK_WINDOW_MS = 120000;
+/** Rate difference assumed while one sample cannot give it: twice NTP's largest slew. */
+const UNKNOWN_DRIFT = 1e-3;
+/** Pings on connecting: at 0, 0.4, 0.8, 1.2, 3 and 6 s (then every `clockSyncIntervalMs`), so
+ * the rate is soon measured over seconds. Latencies are measured from the fourth pong on: the
+ * first round trips are slow while a page loads and renders its snapshot (100 ms and more in
+ * the board's test, against 2 ms a second later). */
+const FIRST_PING_GAPS_MS = [400, 400, 400, 1800, 3000];
+const PINGS_BEFORE_MEASURING = 4;
+/** Early syncs (after an impossible latency) at most this often: pings count against the
+ * server's message budget (CLIENT_MESSAGES_PER_MINUTE), which the latency reports share. */
+const RESYNC_MIN_GAP_MS = 5000;
+
+/**
+ * Our clock in Unix ms: `performance.timeOrigin + performance.now()` where there is one (a
+ * fraction of a millisecond; browsers coarsen it to 0.1 ms at most, and it is not stepped when
+ * the system clock is set), else `Date.now()` (1 ms).
+ */
+function platformClock() {
+  const perf = globalThis.performance;
+  if (perf && typeof perf.now === "function" && typeof perf.timeOrigin === "number") {
+    return { now: () => perf.timeOrigin + perf.now(), resolutionMs: 0.1 };
+  }
+  return { now: () => Date.now(), resolutionMs: 1 };
+}
+
+/**
+ * A server timestamp as `[ms, resolution]`: from microseconds when the message has them,
+ * else from the truncated millisecond (its middle, ± 0.5 ms).
+ */
+function serverInstant(us, ms) {
+  if (Number.isFinite(us) && us > 0) return [us / 1000 + 0.0005, 0.001];
+  return [ms + 0.5, 1];
+}
+
+/**
+ * One clock-offset sample: we sent at `sentAt`, the server stamped `serverTime` (resolution
+ * `serverResolutionMs`), we received at `receivedAt` (our clock, resolution
+ * `localResolutionMs`). At `at` (our clock), server clock minus ours was `offset`, within
+ * `halfWidth`.
+ */
+export function offsetSample(sentAt, serverTime, receivedAt, serverResolutionMs = 0, localResolutionMs = 0) {
+  const roundTrip = Math.max(0, receivedAt - sentAt);
+  return {
+    at: (sentAt + receivedAt) / 2,
+    offset: serverTime - (sentAt + receivedAt) / 2,
+    halfWidth: roundTrip / 2 + serverResolutionMs / 2 + localResolutionMs,
+  };
+}
+
+/** The server clock offset of one connection, from its latest round trips (see the top). */
+export class ClockOffset {
+  constructor() {
+    this.samples = []; // oldest first
+  }
+
+  /**
+   * Adds a sample; when the estimate cannot hold with it, a clock was stepped: it starts over.
+   * (A second sample is taken as it comes: one sample says nothing of the rate.)
+   */
+  add(sample) {
+    const predicted = this.samples.length >= 2 ? this.estimate(sample.at) : null;
+    if (predicted && Math.abs(sample.offset - predicted.offset) > sample.halfWidth + predicted.uncertainty) {
+      this.samples = [];
+    }
+    this.samples.push(sample);
+    while (this.samples.length > CLOCK_SAMPLES || sample.at - this.samples[0].at > CLOCK_WINDOW_MS) {
+      this.samples.shift();
+    }
+  }
+
+  /**
+   * Server clock minus ours at `t` (our clock): `{ offset, uncertainty, rate }`, or null
+   * before the first sample. The rate is that of the two samples that bound it best (their
+   * widths over the time between them); the offset is the sample that, carried forward at that
+   * rate, is the narrowest at `t`; the uncertainty is its half width plus the rate's error
+   * times the time since.
+   */
+  estimate(t) {
+    const samples = this.samples;
+    if (samples.length === 0) return null;
+    let rate = 0;
+    let rateError = UNKNOWN_DRIFT; // one sample says nothing of the rate
+    let paired = false;
+    for (let i = 0; i < samples.length; i++) {
+      for (let j = i + 1; j < samples.length; j++) {
+        const [a, b] = [samples[i], samples[j]];
+        if (b.at <= a.at) continue;
+        const error = (a.halfWidth + b.halfWidth) / (b.at - a.at);
+        if (!paired || error < rateError) {
+          paired = true;
+          rateError = error;
+          rate = (b.offset - a.offset) / (b.at - a.at);
+        }
+      }
+    }
+    let best = null;
+    for (const s of samples) {
+      const uncertainty = s.halfWidth + Math.abs(t - s.at) * rateError;
+      if (!best || uncertainty <= best.uncertainty) best = { offset: s.offset + rate * (t - s.at), uncertainty, rate };
+    }
+    return best;
+  }
+
+  reset() {
+    this.samples = [];
+  }
+}
+
+/**
+ * A latency for people: "0.4 ms" below 10 ms, "12 ms" above; when the value cannot be told
+ * from 0 (it is within `uncertaintyMs` of it, or below what one decimal shows), the bound it is
+ * below, "< 0.3 ms". Never "0 ms". `null` (nothing measured) is "–".
+ */
+export function formatLatency(ms, uncertaintyMs = 0) {
+  if (typeof ms !== "number" || !Number.isFinite(ms)) return "–";
+  const u = Number.isFinite(uncertaintyMs) && uncertaintyMs > 0 ? uncertaintyMs : 0;
+  if (ms - u <= 0 || ms < 0.05) {
+    const bound = Math.max(ms + u, 0.1);
+    // Rounded up: a bound must not shrink in print (the epsilon absorbs 0.1 + 0.2 > 0.3).
+    return bound < 10 ? `< ${(Math.ceil(bound * 10 - 1e-9) / 10).toFixed(1)} ms` : `< ${Math.ceil(bound - 1e-9)} ms`;
+  }
+  return ms < 9.95 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
+}
 
 /** Live first, then start time, then id: the publisher's order. */
 function publishingOrder(a, b) {
@@ -37,22 +181,30 @@ export class OddsFeedClient {
     this.options = { ...DEFAULTS, ...options };
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     if (!this.WebSocket) throw new Error("no WebSocket implementation: pass options.WebSocket");
+    const clock = options.now ? { now: options.now, resolutionMs: options.clockResolutionMs ?? 0 } : platformClock();
+    /** Our clock, Unix ms (a fraction of a millisecond where the platform has it). */
+    this.now = clock.now;
+    this.clockResolutionMs = clock.resolutionMs;
     /** @type {"idle"|"connecting"|"open"|"reconnecting"|"closed"} */
     this.status = "idle";
     /** @type {"live"|"stale"} */
     this.publisher = "live";
-    /** Server clock minus local clock, in ms (estimated from serverTime). */
-    this.clockOffsetMs = 0;
+    this.clock = new ClockOffset();
+    this.pings = new Map(); // ping id -> sent at (our clock)
+    this.pingsAnswered = 0; // on this connection
+    this.clockTimer = null;
+    this.firstPingTimer = null;
+    this.lastResync = -Infinity;
+    this.connectStartedAt = 0;
     this.clientId = null;
     this.rooms = new Map(); // room -> { epoch, seq, events: Map, listeners: Set, snapshots, gaps }
     this.listeners = new Map(); // event name -> Set
-    this.latencies = []; // [receivedAt, ms]
-    this.lastReport = 0;
+    this.latencies = []; // [receivedAt, ms, uncertainty]
+    this.untrusted = []; // receivedAt of latencies below 0 by more than their uncertainty
+    this.lastReport = -Infinity;
     this.attempt = 0;
     this.socket = null;
     this.timer = null;
-    this.pingSentAt = 0;
-    this.bestRtt = Infinity;
     this.stopped = false;
     this.nextId = 1;
   }
@@ -64,18 +216,24 @@ export class OddsFeedClient {
     const params = [];
     if (this.options.token) params.push(`token=${encodeURIComponent(this.options.token)}`);
     if (this.options.format === "changes") params.push("format=changes");
+    this.connectStartedAt = this.now();
     const socket = new this.WebSocket(this.url + (params.length ? `?${params.join("&")}` : ""));
     this.socket = socket;
     socket.onopen = () => {
       this.attempt = 0;
       this.setStatus("open");
       for (const [room, state] of this.rooms) this.sendSubscribe(room, state);
+      this.pingsAnswered = 0;
       this.ping();
+      this.clearClockTimers();
+      this.clockTimer = setInterval(() => this.ping(), this.options.clockSyncIntervalMs);
     };
     socket.onmessage = (event) => this.onMessage(event.data);
     socket.onclose = () => {
       if (this.socket !== socket) return;
       this.socket = null;
+      this.clearClockTimers();
+      this.pings.clear();
       if (this.stopped) {
         this.setStatus("closed");
         return;
@@ -90,6 +248,7 @@ export class OddsFeedClient {
   close() {
     this.stopped = true;
     clearTimeout(this.timer);
+    this.clearClockTimers();
     if (this.socket) this.socket.close(1000);
     this.socket = null;
     this.setStatus("closed");
@@ -129,12 +288,24 @@ export class OddsFeedClient {
     return s ? { epoch: s.epoch, seq: s.seq, snapshots: s.snapshots, gaps: s.gaps } : null;
   }
 
-  /** Latency percentiles (ms) over the last minute: `{ count, p50, p99 }`. */
+  /**
+   * Latency percentiles (ms) over the last minute: `{ count, p50, p99, uncertaintyMs,
+   * untrusted }`. `p50` and `p99` are each within `uncertaintyMs` of the truth (so one may be
+   * a little below 0: show them with `formatLatency`); `untrusted` counts the latencies left
+   * out because the clock offset was wrong.
+   */
   latency() {
-    this.trimLatencies(Date.now());
-    const values = this.latencies.map(([, ms]) => ms).sort((a, b) => a - b);
-    const at = (q) => (values.length ? values[Math.min(values.length - 1, Math.floor(q * values.length))] : null);
-    return { count: values.length, p50: at(0.5), p99: at(0.99) };
+    this.trimLatencies(this.now());
+    const sorted = this.latencies.map(([, ms, u]) => [ms, u]).sort((a, b) => a[0] - b[0]);
+    const at = (q) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] : null);
+    const [p50, p99] = [at(0.5), at(0.99)];
+    return {
+      count: sorted.length,
+      p50: p50 ? p50[0] : null,
+      p99: p99 ? p99[0] : null,
+      uncertaintyMs: Math.max(p50 ? p50[1] : 0, p99 ? p99[1] : 0),
+      untrusted: this.untrusted.length,
+    };
   }
 
   /** Listens to "status", "publisher", "update", "latency", "error", "message". */
@@ -182,9 +353,57 @@ export class OddsFeedClient {
     this.send(message);
   }
 
+  /** A ping for the clock offset. */
   ping() {
-    this.pingSentAt = Date.now();
-    this.send({ type: "ping" });
+    this.sendTimed({ type: "ping" });
+  }
+
+  /**
+   * Sends a message whose reply carries the server's time (`ping`, `latency`), noting when:
+   * the reply, told from others by its id, is a clock sample.
+   */
+  sendTimed(message) {
+    if (!this.isOpen()) return;
+    const id = `clock-${this.nextId++}`;
+    if (this.pings.size > 16) this.pings.clear(); // replies that never came
+    this.pings.set(id, this.now());
+    this.send({ ...message, id });
+  }
+
+  /** The clock sample of a reply to `sendTimed`; false for any other message. */
+  takeClockSample(msg) {
+    const sentAt = this.pings.get(msg.id);
+    if (sentAt === undefined || !(Number.isFinite(msg.serverTimeUs) || Number.isFinite(msg.serverTime))) return false;
+    this.pings.delete(msg.id);
+    const [serverTime, resolution] = serverInstant(msg.serverTimeUs, msg.serverTime);
+    this.addClockSample(offsetSample(sentAt, serverTime, this.now(), resolution, this.clockResolutionMs));
+    return true;
+  }
+
+  clearClockTimers() {
+    clearInterval(this.clockTimer);
+    clearTimeout(this.firstPingTimer);
+  }
+
+  /** Syncs the clock now, after a latency that shows the offset is wrong (rate-limited). */
+  resync(now) {
+    if (now - this.lastResync < RESYNC_MIN_GAP_MS) return;
+    this.lastResync = now;
+    this.ping();
+  }
+
+  addClockSample(sample) {
+    this.clock.add(sample);
+  }
+
+  /** Server clock minus ours now, in ms (0 before the first sample). */
+  get clockOffsetMs() {
+    return this.clock.estimate(this.now())?.offset ?? 0;
+  }
+
+  /** How far `clockOffsetMs` may be off now, in ms (see the top of this file). */
+  get clockUncertaintyMs() {
+    return this.clock.estimate(this.now())?.uncertainty ?? Infinity;
   }
 
   scheduleReconnect() {
@@ -210,22 +429,30 @@ export class OddsFeedClient {
     }
     this.emit("message", msg);
     switch (msg.type) {
-      case "welcome":
+      case "welcome": {
         this.clientId = msg.clientId;
-        this.clockOffsetMs = msg.serverTime - Date.now();
+        // Maybe another server, with another clock: start over. The welcome was stamped
+        // between our connect and now, a wide interval that the first pong narrows.
+        const [serverTime, resolution] = serverInstant(msg.serverTimeUs, msg.serverTime);
+        this.clock.reset();
+        this.addClockSample(
+          offsetSample(this.connectStartedAt, serverTime, this.now(), resolution, this.clockResolutionMs),
+        );
         break;
-      case "pong":
-        if (this.pingSentAt) {
-          const now = Date.now();
-          const rtt = now - this.pingSentAt;
-          // The best round trip gives the tightest offset estimate.
-          if (rtt <= this.bestRtt) {
-            this.bestRtt = rtt;
-            this.clockOffsetMs = msg.serverTime + rtt / 2 - now;
-          }
-          this.pingSentAt = 0;
+      }
+      case "latency":
+        this.takeClockSample(msg);
+        break;
+      case "pong": {
+        if (!this.takeClockSample(msg)) break;
+        this.pingsAnswered += 1;
+        const gap = FIRST_PING_GAPS_MS[this.pingsAnswered - 1];
+        if (gap !== undefined) {
+          clearTimeout(this.firstPingTimer);
+          this.firstPingTimer = setTimeout(() => this.ping(), gap);
         }
         break;
+      }
       case "snapshot":
         this.onSnapshot(msg);
         break;
@@ -274,7 +501,7 @@ export class OddsFeedClient {
       const before = msg.format === "changes" ? state.events.get(event.id) : undefined;
       state.events.set(event.id, before ? { ...before, ...event } : event);
     }
-    this.recordLatency(msg.publishedAt);
+    this.recordLatency(msg);
     this.notify(msg.room, state);
   }
 
@@ -287,17 +514,34 @@ export class OddsFeedClient {
   trimLatencies(now) {
     const horizon = now - this.options.latencyWindowMs;
     while (this.latencies.length && this.latencies[0][0] < horizon) this.latencies.shift();
+    while (this.untrusted.length && this.untrusted[0] < horizon) this.untrusted.shift();
   }
 
-  recordLatency(publishedAt) {
-    const now = Date.now();
-    const ms = Math.max(0, now + this.clockOffsetMs - publishedAt);
-    this.latencies.push([now, ms]);
+  /** Publish → receive latency of an `odds` message (see the top of this file). */
+  recordLatency(msg) {
+    if (this.pingsAnswered < PINGS_BEFORE_MEASURING) return;
+    const now = this.now();
+    const [publishedAt, resolution] = serverInstant(msg.publishedAtUs, msg.publishedAt);
+    // A replay on resume was published before this connection: its age is not a latency.
+    const clock = this.clock.estimate(now);
+    if (publishedAt - clock.offset < this.connectStartedAt) return;
+    const ms = now + clock.offset - publishedAt;
+    const uncertainty = clock.uncertainty + resolution / 2 + this.clockResolutionMs;
+    if (ms < -uncertainty) {
+      // Received before it was published: the offset is wrong (a clock was stepped, or the
+      // publisher's clock is ahead of this server's). Not a latency, and not shown as 0.
+      this.untrusted.push(now);
+      this.trimLatencies(now);
+      this.resync(now);
+      return;
+    }
+    this.latencies.push([now, ms, uncertainty]);
     this.trimLatencies(now);
     this.emit("latency", ms);
-    if (this.options.reportLatency && now - this.lastReport >= 1000 && ms <= 60000) {
+    // The server takes 0 and above; a value within its uncertainty below 0 waits for the next.
+    if (this.options.reportLatency && ms >= 0 && Math.abs(now - this.lastReport) >= 1000) {
       this.lastReport = now;
-      this.send({ type: "latency", ms: Math.round(ms * 10) / 10 });
+      this.sendTimed({ type: "latency", ms: Math.round(ms * 1000) / 1000 });
     }
   }
 }

@@ -28,9 +28,72 @@ pub enum RequestKind {
     },
     Rooms,
     Ping,
-    Latency {
-        ms: f64,
+    Latency(LatencyReport),
+}
+
+/// A latency a client measured (`{"type":"latency","ms":N}`), sorted at the edge: the session
+/// records a plausible one and counts an implausible one by its reason.
+///
+/// Implausible values are parsed rather than refused: they come from clients whose clock is
+/// wrong, not from broken programs, and an operator wants to see how many there are
+/// (`oddsfeed_browser_latency_rejected_total`) without their values in the histogram.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LatencyReport {
+    /// From 0 to [`MAX_PLAUSIBLE_LATENCY_MS`].
+    Plausible {
+        seconds: f64,
     },
+    Implausible(ImplausibleLatency),
+}
+
+/// The largest latency taken as a measurement: the largest finite bucket of the `_seconds`
+/// histograms (10 s). A larger value would land in `+Inf`, which `histogram_quantile` reports
+/// as that bound, so one client could move the dashboard's p99 to 10 s; and a delay that long
+/// is an outage, which the publisher status, the write timeouts and the server's own
+/// publish → socket histogram show without trusting a client's clock.
+pub const MAX_PLAUSIBLE_LATENCY_MS: f64 =
+    crate::telemetry::SECONDS_BUCKETS[crate::telemetry::SECONDS_BUCKETS.len() - 1] * 1e3;
+
+/// Why a latency report is not recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImplausibleLatency {
+    /// Below 0: the client's clock offset is wrong (a latency cannot be negative).
+    Negative,
+    /// Above [`MAX_PLAUSIBLE_LATENCY_MS`].
+    TooLarge,
+    /// `null`: `JSON.stringify` writes NaN and ±Infinity as `null` (JSON has neither).
+    NotFinite,
+}
+
+impl ImplausibleLatency {
+    /// Every label of `oddsfeed_browser_latency_rejected_total{reason}`.
+    pub const LABELS: [&'static str; 3] = ["negative", "too_large", "not_finite"];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ImplausibleLatency::Negative => Self::LABELS[0],
+            ImplausibleLatency::TooLarge => Self::LABELS[1],
+            ImplausibleLatency::NotFinite => Self::LABELS[2],
+        }
+    }
+}
+
+impl LatencyReport {
+    /// Sorts a reported `ms` (`None`: the report said `null`).
+    pub fn from_ms(ms: Option<f64>) -> Self {
+        match ms {
+            Some(ms) if !ms.is_finite() => Self::Implausible(ImplausibleLatency::NotFinite),
+            None => Self::Implausible(ImplausibleLatency::NotFinite),
+            Some(ms) if ms < 0.0 => Self::Implausible(ImplausibleLatency::Negative),
+            Some(ms) if ms > MAX_PLAUSIBLE_LATENCY_MS => {
+                Self::Implausible(ImplausibleLatency::TooLarge)
+            }
+            // `-0.0` is 0.
+            Some(ms) => Self::Plausible {
+                seconds: ms.abs() / 1e3,
+            },
+        }
+    }
 }
 
 /// Error codes of docs/PROTOCOL.md.
@@ -126,12 +189,10 @@ pub fn parse_request(text: &str) -> Result<Request, Rejection> {
         },
         Some("rooms") => RequestKind::Rooms,
         Some("ping") => RequestKind::Ping,
-        Some("latency") => match object.get("ms").and_then(Value::as_f64) {
-            Some(ms) if ms.is_finite() && (0.0..=60_000.0).contains(&ms) => {
-                RequestKind::Latency { ms }
-            }
-            Some(ms) => return Err(bad(format!("\"ms\" must be between 0 and 60000, got {ms}"))),
-            None => return Err(bad("\"ms\" must be a number".into())),
+        Some("latency") => match object.get("ms") {
+            Some(Value::Number(ms)) => RequestKind::Latency(LatencyReport::from_ms(ms.as_f64())),
+            Some(Value::Null) => RequestKind::Latency(LatencyReport::from_ms(None)),
+            _ => return Err(bad("\"ms\" must be a number".into())),
         },
         Some(other) => {
             let shown: String = other.chars().take(32).collect();
@@ -170,6 +231,8 @@ pub enum ServerMessage<'a> {
     Welcome {
         client_id: &'a str,
         server_time: i64,
+        /// The same instant in microseconds.
+        server_time_us: i64,
         heartbeat_ms: u64,
     },
     Subscribed {
@@ -215,6 +278,9 @@ pub enum ServerMessage<'a> {
     #[serde(rename_all = "camelCase")]
     Pong {
         server_time: i64,
+        /// The same instant in microseconds: a client on a fast network estimates its clock
+        /// offset to well below a millisecond with it.
+        server_time_us: i64,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
     },
@@ -229,8 +295,16 @@ pub enum ServerMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
     },
+    #[serde(rename_all = "camelCase")]
     Latency {
         recorded: bool,
+        /// Why the value was not recorded ([`ImplausibleLatency::label`]); absent when it was,
+        /// or when another report was recorded less than a second ago.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+        /// As in `pong`: a report is also a ping for the client's clock offset.
+        server_time: i64,
+        server_time_us: i64,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
     },
@@ -305,7 +379,52 @@ mod tests {
             parse_request(r#"{"type":"latency","ms":12.5}"#)
                 .unwrap()
                 .kind,
-            RequestKind::Latency { ms: 12.5 }
+            RequestKind::Latency(LatencyReport::Plausible { seconds: 0.0125 })
+        );
+    }
+
+    #[test]
+    fn latency_reports_are_sorted_not_refused() {
+        use ImplausibleLatency::*;
+        let report = |text: &str| match parse_request(text).map(|r| r.kind) {
+            Ok(RequestKind::Latency(report)) => report,
+            other => panic!("{text}: {other:?}"),
+        };
+        for (ms, seconds) in [("0", 0.0), ("-0.0", 0.0), ("0.4", 0.0004), ("10000", 10.0)] {
+            assert_eq!(
+                report(&format!(r#"{{"type":"latency","ms":{ms}}}"#)),
+                LatencyReport::Plausible { seconds },
+                "{ms}"
+            );
+        }
+        for (ms, why) in [
+            ("-5", Negative),
+            ("-0.001", Negative),
+            ("14700", TooLarge),
+            ("10000.001", TooLarge),
+            ("1e308", TooLarge),
+            // What JSON.stringify makes of NaN and Infinity.
+            ("null", NotFinite),
+        ] {
+            assert_eq!(
+                report(&format!(r#"{{"type":"latency","ms":{ms}}}"#)),
+                LatencyReport::Implausible(why),
+                "{ms}"
+            );
+        }
+        assert_eq!(
+            LatencyReport::from_ms(Some(f64::NAN)),
+            LatencyReport::Implausible(NotFinite)
+        );
+        assert_eq!(
+            LatencyReport::from_ms(Some(f64::INFINITY)),
+            LatencyReport::Implausible(NotFinite)
+        );
+        // The bound follows the histogram's largest finite bucket.
+        assert_eq!(MAX_PLAUSIBLE_LATENCY_MS, 10_000.0);
+        assert_eq!(
+            [Negative, TooLarge, NotFinite].map(ImplausibleLatency::label),
+            ImplausibleLatency::LABELS
         );
     }
 
@@ -327,9 +446,11 @@ mod tests {
                 "seq",
             ),
             (r#"{"type":"auth"}"#, "token"),
-            (r#"{"type":"latency","ms":-1}"#, "between"),
-            (r#"{"type":"latency","ms":60001}"#, "between"),
             (r#"{"type":"latency","ms":"fast"}"#, "number"),
+            (r#"{"type":"latency","ms":"NaN"}"#, "number"),
+            (r#"{"type":"latency"}"#, "number"),
+            // JSON has no NaN: not JSON at all.
+            (r#"{"type":"latency","ms":NaN}"#, "malformed JSON"),
         ] {
             let err = parse_request(text).unwrap_err();
             assert_eq!(err.code, ErrorCode::BadRequest, "{text}");
@@ -357,12 +478,35 @@ mod tests {
         let text = ServerMessage::Welcome {
             client_id: "c1",
             server_time: 9,
+            server_time_us: 9_123,
             heartbeat_ms: 25000,
         }
         .to_json();
         assert_eq!(
             text,
-            r#"{"type":"welcome","clientId":"c1","serverTime":9,"heartbeatMs":25000}"#
+            r#"{"type":"welcome","clientId":"c1","serverTime":9,"serverTimeUs":9123,"heartbeatMs":25000}"#
+        );
+        let text = ServerMessage::Pong {
+            server_time: 9,
+            server_time_us: 9_123,
+            id: None,
+        }
+        .to_json();
+        assert_eq!(
+            text,
+            r#"{"type":"pong","serverTime":9,"serverTimeUs":9123}"#
+        );
+        let text = ServerMessage::Latency {
+            recorded: false,
+            reason: Some(ImplausibleLatency::TooLarge.label()),
+            server_time: 9,
+            server_time_us: 9_123,
+            id: None,
+        }
+        .to_json();
+        assert_eq!(
+            text,
+            r#"{"type":"latency","recorded":false,"reason":"too_large","serverTime":9,"serverTimeUs":9123}"#
         );
         let text = ServerMessage::Odds {
             room: "sport:all",

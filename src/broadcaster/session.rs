@@ -35,11 +35,13 @@ use super::auth::{Identity, Verifier};
 use super::frame::WireFrame;
 use super::inflate::InflateRead;
 use super::outbox::{Closing, Outbound, Outbox, OutboxLimits};
-use super::protocol::{ErrorCode, Rejection, Request, RequestKind, ServerMessage, parse_request};
+use super::protocol::{
+    ErrorCode, LatencyReport, Rejection, Request, RequestKind, ServerMessage, parse_request,
+};
 use super::room_name::OddsRoom;
 use super::rooms::{ClientId, Hub, SessionHandle, WireFormat};
 use super::writer::{self, PongClock, WriterEnd, WriterTiming};
-use crate::bus::now_ms;
+use crate::bus::{now_ms, now_us};
 use crate::net::listener::Stream;
 use crate::net::shared_tcp::SharedTcp;
 use crate::supervisor::Faults;
@@ -205,7 +207,8 @@ struct Session {
     rate: RateLimit,
     /// When the last `rate_limited` error went out (at most one a second).
     last_rate_error: Option<Instant>,
-    /// When the last latency report was counted (at most one a second).
+    /// When the last latency report was recorded or rejected (at most one a second, so one
+    /// client cannot outweigh the others in the histogram or in the rejection counter).
     last_latency: Option<Instant>,
 }
 
@@ -361,9 +364,11 @@ pub async fn run(
         last_rate_error: None,
         last_latency: None,
     };
+    let server_time_us = now_us();
     session.reply(ServerMessage::Welcome {
         client_id: &client_id,
-        server_time: now_ms(),
+        server_time: server_time_us.div_euclid(1000),
+        server_time_us,
         heartbeat_ms: limits.ping_interval.as_millis() as u64,
     });
     if let Some(token) = token {
@@ -591,21 +596,48 @@ impl Session {
                     id,
                 });
             }
-            RequestKind::Ping => self.reply(ServerMessage::Pong {
-                server_time: now_ms(),
-                id,
-            }),
-            RequestKind::Latency { ms } => {
-                let due = self
-                    .last_latency
-                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-                if due {
-                    self.last_latency = Some(Instant::now());
-                    histogram!(m::BROWSER_LATENCY).record(ms / 1e3);
-                }
-                self.reply(ServerMessage::Latency { recorded: due, id });
+            RequestKind::Ping => {
+                let server_time_us = now_us();
+                self.reply(ServerMessage::Pong {
+                    server_time: server_time_us.div_euclid(1000),
+                    server_time_us,
+                    id,
+                })
             }
+            RequestKind::Latency(report) => self.take_latency(report, id),
         }
+    }
+
+    /// Records a latency report, or counts it as implausible; at most one a second either way.
+    /// The reply carries the server's time, so that a report also serves the client as a ping.
+    fn take_latency(&mut self, report: LatencyReport, id: Option<&Value>) {
+        let due = self
+            .last_latency
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        let (recorded, reason) = if !due {
+            (false, None)
+        } else {
+            self.last_latency = Some(Instant::now());
+            match report {
+                LatencyReport::Plausible { seconds } => {
+                    histogram!(m::BROWSER_LATENCY).record(seconds);
+                    (true, None)
+                }
+                LatencyReport::Implausible(why) => {
+                    counter!(m::BROWSER_LATENCY_REJECTED, "reason" => why.label()).increment(1);
+                    tracing::debug!(reason = why.label(), "latency report rejected");
+                    (false, Some(why.label()))
+                }
+            }
+        };
+        let server_time_us = now_us();
+        self.reply(ServerMessage::Latency {
+            recorded,
+            reason,
+            server_time: server_time_us.div_euclid(1000),
+            server_time_us,
+            id,
+        });
     }
 
     /// Leaves the rooms only the identity could enter and says so.

@@ -5,5 +5,5 @@ pub mod redis;
 
 pub use self::redis::{
     Expect, OddsBus, Outgoing, PublishOutcome, StateKeys, StoredState, connection, load_state,
-    now_ms,
+    now_ms, now_us,
 };

@@ -34,6 +34,46 @@ pub fn random_suffix() -> String {
     format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff)
 }
 
+/// A path in the temp dir, `oddsfeed-<name>-<random>`, removed with everything in it when this
+/// is dropped: when the test ends, and when it fails (the panic unwinds through the guard).
+pub struct TempPath(std::path::PathBuf);
+
+impl TempPath {
+    /// A new, empty directory.
+    pub fn dir(name: &str) -> Self {
+        let path = Self::file(name);
+        std::fs::create_dir_all(&path.0).expect("create a temp dir");
+        path
+    }
+
+    /// A path for a file (or a directory) that the test, or a program it runs, creates.
+    pub fn file(name: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("oddsfeed-{name}-{}", random_suffix())))
+    }
+}
+
+impl std::ops::Deref for TempPath {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempPath {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        if std::fs::remove_dir_all(&self.0).is_err() {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
 /// A freshly created and migrated database of its own.
 pub struct TestDb {
     pub name: String,
@@ -757,13 +797,12 @@ where
 pub type Certificate = tokio_rustls::rustls::pki_types::CertificateDer<'static>;
 
 /// A self-signed certificate for localhost, written as `cert.pem` and `key.pem` into a new
-/// temp dir; returns the dir and the certificate to trust.
-pub fn self_signed_cert() -> (std::path::PathBuf, Certificate) {
+/// temp dir (removed when dropped); returns the dir and the certificate to trust.
+pub fn self_signed_cert() -> (TempPath, Certificate) {
     let certified =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .expect("generate a certificate");
-    let dir = std::env::temp_dir().join(format!("oddsfeed-tls-{}", random_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempPath::dir("tls");
     std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
     std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
     (dir, certified.cert.der().clone())

@@ -1,12 +1,13 @@
 // The live odds board in headless Chromium (Debian's chromium, driven by playwright-core),
 // against a real `oddsfeed serve` that this test starts, changes and restarts itself.
 // Environment (set by tests/board.rs): ODDSFEED_BIN, DATABASE_URL, REDIS_URL, ODDS_CHANNEL,
-// LISTEN_ADDR, and optionally SCREENSHOT (a path to save the board to).
+// LISTEN_ADDR, BOARD_TMP (a directory of its own, removed by tests/board.rs too), and
+// optionally SCREENSHOT (a path to save the board to).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { constants, tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 
@@ -33,12 +34,22 @@ function sql(statement) {
   execFileSync("psql", [env.DATABASE_URL, "-qAtc", statement]);
 }
 
+// Everything this run writes to disk goes in one directory, removed however the run ends: the
+// Chromium profile (~2.3 MB, playwright passes it as --user-data-dir), and, as TMPDIR,
+// Chromium's and playwright's own temporary files. `after` removes it when the tests pass or
+// fail (a timed-out wait is a failure); the exit and signal handlers when something outside
+// the tests ends the process; tests/board.rs, which made it, when node was killed.
+const scratch = env.BOARD_TMP ?? mkdtempSync(join(tmpdir(), "oddsfeed-board-"));
+const removeScratch = () => rmSync(scratch, { recursive: true, force: true });
+const profile = join(scratch, "chromium-profile");
+mkdirSync(profile, { recursive: true });
+process.env.TMPDIR = scratch; // read by playwright at launch, inherited by Chromium
+
 let browser;
 let page;
 before(async () => {
   startServer();
-  // A fresh profile each run (playwright passes it as --user-data-dir).
-  browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "oddsfeed-chromium-")), {
+  browser = await chromium.launchPersistentContext(profile, {
     executablePath: env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
     viewport: { width: 1400, height: 900 },
@@ -47,6 +58,11 @@ before(async () => {
       "--disable-component-update", "--disable-sync", "--no-first-run",
     ],
   });
+  // Registered after playwright's own exit handler, which kills Chromium: it stops writing first.
+  process.on("exit", removeScratch);
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+    process.once(signal, () => process.exit(128 + constants.signals[signal]));
+  }
   page = browser.pages()[0] ?? (await browser.newPage());
   for (let i = 0; i < 100; i++) {
     try {
@@ -59,8 +75,12 @@ before(async () => {
 });
 
 after(async () => {
-  await browser?.close();
-  if (server && server.exitCode === null) await stopServer();
+  try {
+    await browser?.close();
+    if (server && server.exitCode === null) await stopServer();
+  } finally {
+    removeScratch();
+  }
 });
 
 test("the page shows the seeded events with odds, score and clock", async () => {
@@ -110,8 +130,29 @@ test("a price change made in PostgreSQL appears within 2 s, flashing", async () 
   assert.ok(tookMs <= 2000, `appeared after ${tookMs} ms`);
   const cls = await page.getAttribute(`[data-event="${id}"] [data-outcome="${name}"]`, "class");
   assert.match(cls, /down/, "lower odds flash down");
-  // Latency is measured and shown.
-  await page.waitForFunction(() => /ms/.test(document.querySelector("#p50").textContent), null, { timeout: 5000 });
+});
+
+test("the latency shown is honest: below 10 ms with a decimal, never a fake 0 ms", async () => {
+  // Messages keep flowing while the page's clock sync settles (its first pings span 6 s).
+  for (let i = 0; i < 8; i++) {
+    sql(`UPDATE outcomes SET external_price = round((random() * 0.8 + 0.1)::numeric, 3)
+           WHERE (event_id, name) IN (SELECT event_id, name FROM outcomes ORDER BY random() LIMIT 3)`);
+    await sleep(250);
+  }
+  await sleep(1100); // the pill is redrawn once a second
+  const latency = await page.evaluate(() => window.oddsfeed.latency());
+  assert.ok(latency.count >= 5, JSON.stringify(latency));
+  // One machine, one clock: no latency came out below 0 by more than its uncertainty (which
+  // on a loaded machine can be milliseconds: round trips, and the clocks' rates, measured over
+  // the page's first seconds).
+  assert.equal(latency.untrusted, 0, JSON.stringify(latency));
+  for (const id of ["#p50", "#p99"]) {
+    const shown = await page.textContent(id);
+    // A number and its unit: one decimal below 10 ms, or the bound a value is below.
+    assert.match(shown, /^(< )?(\d\.\d|[1-9]\d+) ms$/, `${id} ${shown} ${JSON.stringify(latency)}`);
+    assert.doesNotMatch(shown, /^0(\.0)? ms$/, `${id} ${shown}`);
+  }
+  assert.match(await page.getAttribute("#latency", "title"), /within ± \d+\.\d\d ms/);
   if (env.SCREENSHOT) await page.screenshot({ path: env.SCREENSHOT });
 });
 

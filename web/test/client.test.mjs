@@ -1,22 +1,33 @@
 // The JavaScript client against a real `oddsfeed serve` (started by tests/web_client.rs, which
 // keeps changing prices in PostgreSQL while this runs). Node's built-in test runner.
-import { test } from "node:test";
+import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { OddsFeedClient } from "../oddsfeed-client.js";
+import { OddsFeedClient, formatLatency } from "../oddsfeed-client.js";
 import { sleep, until } from "./wait.mjs";
 
 const URL = process.env.ODDSFEED_WS_URL;
 assert.ok(URL, "ODDSFEED_WS_URL is set by tests/web_client.rs");
 
+const clients = [];
+// Closed after each test, also when it fails: an open client (its socket, its clock timer)
+// would keep node running, and the run would hang instead of reporting the failure.
+afterEach(() => {
+  for (const feed of clients.splice(0)) feed.close();
+});
+
 function client(options = {}) {
-  return new OddsFeedClient(URL, { WebSocket, initialBackoffMs: 50, ...options });
+  const feed = new OddsFeedClient(URL, { WebSocket, initialBackoffMs: 50, ...options });
+  clients.push(feed);
+  return feed;
 }
 
 test("snapshot, live diffs, clock offset and latency reports", async () => {
   const feed = client();
   const statuses = [];
   feed.on("status", (s) => statuses.push(s));
+  const replies = [];
+  feed.on("message", (m) => m.type === "latency" && replies.push(m));
   let updates = 0;
   feed.subscribe("sport:all", () => (updates += 1));
   await until("a snapshot", () => feed.position("sport:all")?.snapshots === 1);
@@ -30,8 +41,17 @@ test("snapshot, live diffs, clock offset and latency reports", async () => {
   assert.equal(feed.publisher, "live");
   // One machine, one clock: the estimated offset is small.
   assert.ok(Math.abs(feed.clockOffsetMs) < 1000, `offset ${feed.clockOffsetMs}`);
+  // Measured once the first pings are back (about 1.5 s).
+  await until("latencies measured", () => feed.latency().count >= 3);
   const latency = feed.latency();
-  assert.ok(latency.count >= 3 && latency.p50 >= 0 && latency.p50 < 5000, JSON.stringify(latency));
+  assert.ok(latency.p50 < 5000, JSON.stringify(latency));
+  // Never below 0 by more than the estimate's uncertainty, so none was left out.
+  assert.ok(latency.p50 >= -latency.uncertaintyMs, JSON.stringify(latency));
+  assert.equal(latency.untrusted, 0, JSON.stringify(latency));
+  assert.notEqual(formatLatency(latency.p50, latency.uncertaintyMs), "0 ms");
+  // The reports are ones the server records.
+  await until("a latency report recorded", () => replies.some((r) => r.recorded));
+  assert.ok(replies.every((r) => r.recorded || r.reason === undefined), JSON.stringify(replies));
   // Events come in publishing order: live first.
   const events = feed.events("sport:all");
   const firstNotLive = events.findIndex((e) => !e.live);

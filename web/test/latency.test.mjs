@@ -1,0 +1,255 @@
+// The client's clock offset, latency estimate and latency formatting, without a server: a fake
+// WebSocket and a fake clock play the server's side (tests/web_client.rs runs this file).
+import { test, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import { OddsFeedClient, formatLatency, offsetSample, ClockOffset } from "../oddsfeed-client.js";
+
+/** A WebSocket whose server side the test plays: it records what the client sends. */
+class FakeSocket {
+  static last = null;
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    FakeSocket.last = this;
+  }
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  close() {
+    this.readyState = 3;
+    this.onclose?.();
+  }
+}
+
+const feeds = [];
+// Closed after each test, pass or fail: an open client's clock timer keeps node running.
+afterEach(() => {
+  for (const feed of feeds.splice(0)) feed.close();
+});
+
+/**
+ * A client on a fake clock, connected to a fake server whose clock is `skewMs` ahead of ours.
+ * `server.at(localMs)` is the server's clock then; `server.reply(...)` answers the client.
+ */
+function connected({ skewMs = 5000.25, drift = 0, withMicroseconds = true } = {}) {
+  let local = 1_000_000;
+  const clock = { now: () => local, set: (t) => (local = t), advance: (ms) => (local += ms) };
+  const feed = new OddsFeedClient("ws://fake/ws", { WebSocket: FakeSocket, now: clock.now });
+  feeds.push(feed);
+  feed.subscribe("sport:all");
+  const socket = FakeSocket.last;
+  const start = local;
+  const server = {
+    skewMs,
+    // The server's clock runs `drift` faster than ours.
+    at: (localMs) => localMs + server.skewMs + (localMs - start) * drift,
+    stamp(name, serverMs) {
+      return withMicroseconds
+        ? { [name]: Math.floor(serverMs), [`${name}Us`]: Math.floor(serverMs * 1000) }
+        : { [name]: Math.floor(serverMs) };
+    },
+    reply(msg) {
+      socket.onmessage({ data: JSON.stringify(msg) });
+    },
+    /**
+     * Answers every ping (and, with `reports`, every latency report) sent since the last call,
+     * the server stamping at the midpoint.
+     */
+    answerPings({ roundTripMs = 0.2, reports = false } = {}) {
+      for (;;) {
+        const asked = socket.sent.find((m) => (m.type === "ping" || (reports && m.type === "latency")) && !m.answered);
+        if (!asked) return;
+        asked.answered = true;
+        clock.advance(roundTripMs / 2);
+        const stamped = server.at(clock.now());
+        clock.advance(roundTripMs / 2);
+        const reply = asked.type === "ping" ? { type: "pong" } : { type: "latency", recorded: true };
+        server.reply({ ...reply, id: asked.id, ...server.stamp("serverTime", stamped) });
+      }
+    },
+    seq: 0,
+    /** An odds message published `ageMs` before it is received now. */
+    odds(ageMs) {
+      server.seq += 1;
+      server.reply({
+        type: "odds", room: "sport:all", epoch: "e", seq: server.seq,
+        ...server.stamp("publishedAt", server.at(clock.now()) - ageMs),
+        upserts: [], removals: [],
+      });
+    },
+    reports: () => socket.sent.filter((m) => m.type === "latency").map((m) => m.ms),
+  };
+  clock.advance(1.5); // the handshake
+  server.reply({ type: "welcome", clientId: "c1", ...server.stamp("serverTime", server.at(clock.now() - 0.5)), heartbeatMs: 25000 });
+  socket.readyState = 1;
+  socket.onopen();
+  server.reply({ type: "snapshot", room: "sport:all", epoch: "e", seq: 0, events: [] });
+  server.answerPings();
+  // Not measured until the first pings are all back.
+  clock.advance(100);
+  server.odds(0.4);
+  assert.equal(feed.latency().count, 0);
+  for (let i = 1; i < 4; i++) {
+    clock.advance(400);
+    feed.ping(); // what the first pings' timer does
+    server.answerPings();
+  }
+  return { feed, clock, server, socket };
+}
+
+function assertReports(server, expected) {
+  const sent = server.reports();
+  assert.equal(sent.length, expected.length, `reports ${sent}`);
+  // Server stamps are truncated to the microsecond: 2 µs at most between two of them.
+  sent.forEach((ms, i) => assert.ok(Math.abs(ms - expected[i]) <= 0.003, `reports ${sent}`));
+}
+
+test("the offset comes from the narrowest round trip: latencies below a millisecond are measured", () => {
+  const { feed, clock, server } = connected();
+  assert.ok(Math.abs(feed.clockOffsetMs - server.skewMs) < 0.01, `offset ${feed.clockOffsetMs}`);
+  assert.ok(feed.clockUncertaintyMs < 0.2, `uncertainty ${feed.clockUncertaintyMs}`);
+  for (let i = 0; i < 5; i++) {
+    clock.advance(100);
+    server.odds(0.4);
+  }
+  const l = feed.latency();
+  assert.equal(l.count, 5);
+  assert.ok(Math.abs(l.p50 - 0.4) < 0.01, JSON.stringify(l));
+  assert.equal(formatLatency(l.p50, l.uncertaintyMs), "0.4 ms");
+  // Reported once a second, to the microsecond (the server's stamps are truncated to it).
+  assertReports(server, [0.4]);
+  // The report's reply, with the server's time, is a clock sample too.
+  const samples = feed.clock.samples.length;
+  server.answerPings({ reports: true });
+  assert.equal(feed.clock.samples.length, samples + 1);
+  clock.advance(1000);
+  server.odds(0.4);
+  assertReports(server, [0.4, 0.4]);
+});
+
+test("with millisecond timestamps only, a sub-millisecond latency shows as a bound, not 0", () => {
+  const { feed, clock, server } = connected({ withMicroseconds: false });
+  clock.advance(100);
+  server.odds(0.4);
+  const l = feed.latency();
+  assert.ok(l.uncertaintyMs >= 1, JSON.stringify(l));
+  const shown = formatLatency(l.p50, l.uncertaintyMs);
+  assert.match(shown, /^< \d\.\d ms$/);
+  assert.ok(Number(shown.slice(2, -3)) >= 0.4, shown);
+});
+
+test("the server's clock stepped forward: no negative or clamped latency, the clock is synced again at once", () => {
+  const { feed, clock, server, socket } = connected();
+  clock.advance(100);
+  server.odds(0.4);
+  // The server's clock is set 5 s ahead: with the old offset, messages arrive 5 s before they left.
+  server.skewMs += 5000;
+  const pingsBefore = socket.sent.filter((m) => m.type === "ping").length;
+  clock.advance(2000);
+  server.odds(0.4);
+  let l = feed.latency();
+  assert.equal(l.count, 1, "the impossible latency is not kept");
+  assert.equal(l.untrusted, 1);
+  assertReports(server, [0.4]); // nor reported
+  assert.equal(socket.sent.filter((m) => m.type === "ping").length, pingsBefore + 1, "a ping at once");
+  server.answerPings();
+  assert.ok(Math.abs(feed.clockOffsetMs - server.skewMs) < 0.01, "the new offset replaced the old samples");
+  clock.advance(100);
+  server.odds(0.4);
+  l = feed.latency();
+  assert.equal(l.count, 2);
+  assert.ok(Math.abs(l.p99 - 0.4) < 0.01, JSON.stringify(l));
+  assertReports(server, [0.4, 0.4]);
+});
+
+test("the server's clock stepped back (a 14.7 s report): the next sync puts the latency right", () => {
+  const { feed, clock, server } = connected();
+  clock.advance(20000);
+  server.answerPings();
+  // The server's clock is set 14.7 s back: with the old offset, messages look 14.7 s old.
+  server.skewMs -= 14700;
+  clock.advance(100);
+  server.odds(0.4);
+  assert.ok(feed.latency().p50 > 14000, "wrong until the clocks are compared again");
+  clock.advance(10000);
+  feed.ping(); // what the clockSyncIntervalMs timer does
+  server.answerPings();
+  assert.ok(Math.abs(feed.clockOffsetMs - server.skewMs) < 0.01, `offset ${feed.clockOffsetMs}`);
+  clock.advance(1000);
+  server.odds(0.4);
+  const latest = feed.latencies.at(-1)[1];
+  assert.ok(Math.abs(latest - 0.4) < 0.01, `${latest}`);
+});
+
+test("replayed messages on resume are not latencies", () => {
+  const { feed, clock, server, socket } = connected();
+  // A message published before this connection (a replay) arrives now.
+  clock.advance(100);
+  server.odds(3000);
+  assert.equal(feed.latency().count, 0);
+  assertReports(server, []);
+  feed.close();
+  assert.equal(socket.readyState, 3);
+});
+
+test("the clocks run at different rates (0.5 %, as measured on a virtual machine): latencies stay right", () => {
+  const { feed, clock, server } = connected({ drift: 0.005 });
+  for (let t = 0; t < 60000; t += 500) {
+    if (t % 10000 === 0) feed.ping(); // what the clockSyncIntervalMs timer does
+    server.answerPings({ reports: true });
+    clock.advance(500);
+    server.odds(0.4);
+    const [, ms, uncertainty] = feed.latencies.at(-1) ?? [];
+    assert.ok(Math.abs(ms - 0.4) <= uncertainty, `at ${t} ms: ${ms} ± ${uncertainty}`);
+  }
+  const l = feed.latency();
+  assert.equal(l.untrusted, 0);
+  assert.ok(l.count > 100, JSON.stringify(l));
+  // A minute in, the rate is known well enough for a tenth of a millisecond.
+  assert.ok(l.uncertaintyMs < 0.2, JSON.stringify(l));
+  assert.equal(formatLatency(l.p50, l.uncertaintyMs), "0.4 ms");
+});
+
+test("offset samples: the midpoint within half the round trip, carried forward at the measured rate", () => {
+  assert.deepEqual(offsetSample(100, 5150.5, 101), { at: 100.5, offset: 5050, halfWidth: 0.5 });
+  const c = new ClockOffset();
+  assert.equal(c.estimate(0), null);
+  // The server's clock runs 0.5 % fast against ours.
+  for (const at of [0, 1000, 2000]) c.add({ at, offset: 10 + at * 0.005, halfWidth: 0.1 });
+  const e = c.estimate(3000);
+  assert.ok(Math.abs(e.offset - 25) < 1e-9, JSON.stringify(e));
+  assert.ok(Math.abs(e.rate - 0.005) < 1e-12, JSON.stringify(e));
+  // The newest sample's half width, plus the rate's error (0.2 ms over 2 s) for 1 s.
+  assert.ok(Math.abs(e.uncertainty - 0.2) < 1e-9, JSON.stringify(e));
+  // A sample the estimate cannot hold with (a stepped clock): it starts over.
+  c.add({ at: 3000, offset: 40, halfWidth: 0.1 });
+  assert.deepEqual(c.samples, [{ at: 3000, offset: 40, halfWidth: 0.1 }]);
+  // With one sample the rate is unknown: 0, within twice NTP's largest slew.
+  assert.deepEqual(c.estimate(4000), { offset: 40, uncertainty: 0.1 + 1000 * 1e-3, rate: 0 });
+});
+
+test("formatting: one decimal below 10 ms, integers above, bounds near 0, never 0 ms", () => {
+  for (const [ms, u, shown] of [
+    [0.4, 0.1, "0.4 ms"],
+    [2.25, 0.1, "2.3 ms"],
+    [12.3, 0.1, "12 ms"],
+    [14700, 0, "14700 ms"],
+    [0.12, 0.15, "< 0.3 ms"],
+    [0, 0, "< 0.1 ms"],
+    [0.04, 0, "< 0.1 ms"],
+    [-0.05, 0.1, "< 0.1 ms"],
+    [0.3, 1.1, "< 1.4 ms"],
+    [null, 0, "–"],
+  ]) {
+    assert.equal(formatLatency(ms, u), shown, `${ms} ± ${u}`);
+  }
+  for (let i = 0; i < 10000; i++) {
+    const ms = (Math.random() - 0.1) * 10 ** (Math.random() * 5 - 3);
+    const u = Math.random() < 0.5 ? 0 : 10 ** (Math.random() * 3 - 3);
+    const shown = formatLatency(ms, u);
+    assert.match(shown, /^(< )?(\d\.\d|[1-9]\d+) ms$/, `${ms} ± ${u}`);
+    assert.doesNotMatch(shown, /^0(\.0)? ms$/, `${ms} ± ${u}`);
+    if (!shown.startsWith("<")) assert.ok(ms - u > 0, `${ms} ± ${u}: ${shown}`);
+  }
+});

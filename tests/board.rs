@@ -8,7 +8,10 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odds_board_in_headless_chromium() {
     let db = TestDb::new().await;
-    oddsfeed::sim::seed::seed(&db.pool, 40, 5, false)
+    let screenshot = std::env::var("BOARD_SCREENSHOT").ok();
+    // 40 events are enough to check; the README's screenshot shows what the quick start seeds.
+    let events = if screenshot.is_some() { 300 } else { 40 };
+    oddsfeed::sim::seed::seed(&db.pool, events, 5, false)
         .await
         .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -17,7 +20,6 @@ async fn odds_board_in_headless_chromium() {
         .unwrap()
         .port();
     let channel = format!("t-{}", random_suffix());
-    let screenshot = std::env::var("BOARD_SCREENSHOT").ok();
     // The Chromium profile and every temporary file of the run; node removes it however its
     // tests end, and this guard when node itself was killed (or the assertion below fails).
     let scratch = TempPath::dir("board");

@@ -156,8 +156,10 @@ export function formatLatency(ms, uncertaintyMs = 0) {
   const u = Number.isFinite(uncertaintyMs) && uncertaintyMs > 0 ? uncertaintyMs : 0;
   if (ms - u <= 0 || ms < 0.05) {
     const bound = Math.max(ms + u, 0.1);
-    // Rounded up: a bound must not shrink in print (the epsilon absorbs 0.1 + 0.2 > 0.3).
-    return bound < 10 ? `< ${(Math.ceil(bound * 10 - 1e-9) / 10).toFixed(1)} ms` : `< ${Math.ceil(bound - 1e-9)} ms`;
+    // Rounded up: a bound must not shrink in print (the epsilon absorbs 0.1 + 0.2 > 0.3). A
+    // bound that rounds up to 10 is an integer like the values above it: "< 10 ms".
+    const tenths = Math.ceil(bound * 10 - 1e-9) / 10;
+    return tenths < 10 ? `< ${tenths.toFixed(1)} ms` : `< ${Math.ceil(bound - 1e-9)} ms`;
   }
   return ms < 9.95 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
 }

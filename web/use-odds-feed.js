@@ -2,12 +2,13 @@
 // A React hook over the oddsfeed client, for Next.js (app router) or any React 18+ app.
 //
 //   import { useOddsFeed } from "@/lib/oddsfeed/use-odds-feed";
+//   import { formatLatency } from "@/lib/oddsfeed/oddsfeed-client";
 //
 //   export default function Football() {
 //     const { events, status, publisher, latency } = useOddsFeed("sport:football");
 //     return (
 //       <section>
-//         <p>{status} · publisher {publisher} · p50 {latency.p50?.toFixed(0)} ms</p>
+//         <p>{status} · publisher {publisher} · p50 {formatLatency(latency.p50, latency.uncertaintyMs)}</p>
 //         {events.map((e) => (
 //           <div key={e.id}>
 //             {e.title} {e.suspended ? "suspended" : e.outcomes.map((o) => `${o.name} ${o.odds}`).join(" / ")}

@@ -73,15 +73,29 @@ async fn node_test_while_prices_move(
     result.expect("the node test finishes");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn socket_io_client_pages_work_unchanged() {
+/// A database of its own with `events` football events, and an `oddsfeed serve` on it with
+/// `settings` (each replacing a default) that has published its first message on the
+/// returned channel.
+async fn serve_football(
+    events: usize,
+    settings: &[(&'static str, &str)],
+) -> (TestDb, Server, String) {
     let db = TestDb::new().await;
-    seed_football(&db, 20).await;
-    let secret = "socketio-secret";
+    seed_football(&db, events).await;
     let (mut env, channel) = publisher_env(&db, &redis_url());
-    env.push(("JWT_SECRET", secret.into()));
+    for (key, value) in settings {
+        env.retain(|(k, _)| k != key);
+        env.push((key, (*value).to_string()));
+    }
     let server = Server::start(&["serve"], &env).await;
     wait_published(&redis_url(), &channel).await;
+    (db, server, channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_client_pages_work_unchanged() {
+    let secret = "socketio-secret";
+    let (db, server, channel) = serve_football(20, &[("JWT_SECRET", secret)]).await;
 
     let out = TempPath::file("sio");
     let pool = db.pool.clone();
@@ -262,15 +276,15 @@ async fn a_page_reconnects_after_a_restart_and_floods_are_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_whose_send_buffer_filled_gets_fresh_lists() {
-    let db = TestDb::new().await;
-    seed_football(&db, 5).await;
-    let (mut env, channel) = publisher_env(&db, &redis_url());
-    env.push(("REPLAY_BUFFER_MESSAGES", "4".into()));
-    env.push(("SEND_QUEUE_FRAMES", "16".into()));
-    env.retain(|(k, _)| *k != "TICK_INTERVAL_MS");
-    env.push(("TICK_INTERVAL_MS", "50".into()));
-    let server = Server::start(&["serve"], &env).await;
-    wait_published(&redis_url(), &channel).await;
+    let (db, server, _) = serve_football(
+        5,
+        &[
+            ("REPLAY_BUFFER_MESSAGES", "4"),
+            ("SEND_QUEUE_FRAMES", "16"),
+            ("TICK_INTERVAL_MS", "50"),
+        ],
+    )
+    .await;
     node_test_while_prices_move(
         &db,
         Duration::from_millis(50),
@@ -290,12 +304,7 @@ async fn a_page_whose_send_buffer_filled_gets_fresh_lists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_polling_pages_above_the_pending_cap_are_not_evicted() {
-    let db = TestDb::new().await;
-    seed_football(&db, 5).await;
-    let (mut env, channel) = publisher_env(&db, &redis_url());
-    env.push(("MAX_PENDING_CONNECTIONS", "4".into()));
-    let server = Server::start(&["serve"], &env).await;
-    wait_published(&redis_url(), &channel).await;
+    let (db, server, _) = serve_football(5, &[("MAX_PENDING_CONNECTIONS", "4")]).await;
     // Polls wait longer than a pending connection may (1 s) while others queue.
     node_test_while_prices_move(
         &db,
@@ -315,11 +324,7 @@ async fn long_polling_pages_above_the_pending_cap_are_not_evicted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_session_ids_do_not_leave_the_pending_cap() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let db = TestDb::new().await;
-    seed_football(&db, 2).await;
-    let (mut env, _) = publisher_env(&db, &redis_url());
-    env.push(("MAX_PENDING_CONNECTIONS", "4".into()));
-    let server = Server::start(&["serve"], &env).await;
+    let (db, server, _) = serve_football(2, &[("MAX_PENDING_CONNECTIONS", "4")]).await;
     // Keep-alive connections whose request names a session that does not exist: answered at
     // once, they are pending again (and the oldest are evicted for the newcomers).
     let mut kept = Vec::new();

@@ -49,9 +49,12 @@ export interface OddsFeedOptions {
   maxBackoffMs?: number;
   /** Window of the latency percentiles in ms (default 60000). */
   latencyWindowMs?: number;
-  /** Report measured latency to the server once a second (default true). */
+  /** Report measured latency to the server once a second (default true); each reply syncs the clock. */
   reportLatency?: boolean;
-  /** Ping for the clock offset this often, in ms (default 10000; 3 pings 0.5 s apart on connecting). */
+  /**
+   * Ping for the clock offset when nothing has synced it for this long, in ms (default 10000;
+   * pings at 0, 0.4, 0.8, 1.2, 3 and 6 s after connecting).
+   */
   clockSyncIntervalMs?: number;
   /**
    * Our clock in Unix ms, for tests. Default: `performance.timeOrigin + performance.now()`
@@ -72,7 +75,7 @@ export interface LatencySummary {
   /**
    * `p50` and `p99` are each within this many ms of the truth (the half round trip of the
    * clock offset they were measured with, plus timestamp resolutions), so one may be slightly
-   * below 0: show them with `formatLatency`.
+   * below 0: show them with `formatLatency`, and this beside them.
    */
   uncertaintyMs: number;
   /** Latencies left out because they were below 0 by more than their uncertainty (a wrong clock offset). */
@@ -80,10 +83,10 @@ export interface LatencySummary {
 }
 
 /**
- * "0.4 ms" below 10 ms, "12 ms" above; "< 0.3 ms" when the value is within `uncertaintyMs` of 0
- * or below 0.05 ms; "–" for null. Never "0 ms".
+ * "0.4 ms" below 10 ms, "12 ms" above, "< 0.1 ms" below what one decimal shows (a value at or
+ * below 0 included), "–" for null. Never "0 ms".
  */
-export function formatLatency(ms: number | null, uncertaintyMs?: number): string;
+export function formatLatency(ms: number | null): string;
 
 /** One clock-offset sample from a round trip: server clock minus ours, within `halfWidth` ms. */
 export function offsetSample(

@@ -5,7 +5,7 @@
 //   const stop = feed.subscribe("sport:football", (events, room) => render(events));
 //   feed.on("status", (s) => console.log("connection", s));      // connecting|open|reconnecting|closed
 //   feed.on("publisher", (p) => console.log("publisher", p));    // live|stale
-//   setInterval(() => { const l = feed.latency(); show(formatLatency(l.p50, l.uncertaintyMs)); }, 1000);
+//   setInterval(() => { const l = feed.latency(); show(`${formatLatency(l.p50)} ± ${l.uncertaintyMs}`); }, 1000);
 //
 // It reconnects with exponential backoff and full jitter, resumes each room with epoch+seq
 // (the server replays what was missed, or sends a snapshot), resubscribes when it sees a seq
@@ -17,11 +17,13 @@
 // clock was in (it stamped `serverTimeUs` between our send and our receive), so the offset is
 // the interval's middle, within half the round trip (NTP's reasoning); the narrowest is used
 // (NTP's clock filter). The replies to latency reports carry the
-// server's time too, so a page that reports once a second also syncs once a second. The two
-// clocks run at different rates (NTP slews a clock by up to 0.05 %; on a virtual machine we
-// measured the wall clock 0.5 % faster than the monotonic one the browser measures with: 5 ms
-// a second), so the rate is measured too, from the two samples that bound it best, and the
-// uncertainty grows with the time since the sample by the rate's own error. A
+// server's time too, so a page that reports once a second also syncs once a second. Reports
+// and pings go out from a timer, not while a message is being handled: a reply that arrives
+// while the page renders waits for it, and its round trip (its width) with it. The two
+// clocks run at different rates (the server's wall clock is slewed by NTP, up to 0.05 %, and a
+// virtual machine's clock can be off by more; the browser measures with a monotonic one), so
+// the rate is measured too, from the two samples that bound it best, and the uncertainty
+// grows with the time since the sample by the rate's own error. A
 // sample the estimate cannot hold with means a clock was stepped: the older ones are dropped.
 // A latency below 0 by more than its uncertainty is not a latency but a wrong offset: it is
 // counted (`untrusted`), neither kept nor reported, and the clock is synced again at once.
@@ -35,10 +37,13 @@ const DEFAULTS = {
   clockSyncIntervalMs: 10000,
 };
 
+/** The timer that sends the latest latency report, or a ping when one is due. */
+const CLOCK_TICK_MS = 1000;
+
 /** Round trips kept for the clock offset and rate: the last 16, over 2 minutes at most. */
 const CLOCK_SAMPLES = 16;
 const CLOCK_WINDOW_MS = 120000;
-/** Rate difference assumed while one sample cannot give it: twice NTP's largest slew. */
+/** Rate difference assumed until two samples bound it better: twice NTP's largest slew. */
 const UNKNOWN_DRIFT = 1e-3;
 /** Pings on connecting: at 0, 0.4, 0.8, 1.2, 3 and 6 s (then every `clockSyncIntervalMs`), so
  * the rate is soon measured over seconds. Latencies are measured from the fourth pong on: the
@@ -118,16 +123,17 @@ export class ClockOffset {
   estimate(t) {
     const samples = this.samples;
     if (samples.length === 0) return null;
+    // Until two samples bound the rate better than NTP can slew a clock (twice over), the
+    // rate is taken as 0 within that: two samples 0.4 s apart, each within 1 ms, say no more
+    // than ± 0.5 %, and carried forward at that error a second-old offset would be ± 5 ms.
     let rate = 0;
-    let rateError = UNKNOWN_DRIFT; // one sample says nothing of the rate
-    let paired = false;
+    let rateError = UNKNOWN_DRIFT;
     for (let i = 0; i < samples.length; i++) {
       for (let j = i + 1; j < samples.length; j++) {
         const [a, b] = [samples[i], samples[j]];
         if (b.at <= a.at) continue;
         const error = (a.halfWidth + b.halfWidth) / (b.at - a.at);
-        if (!paired || error < rateError) {
-          paired = true;
+        if (error < rateError) {
           rateError = error;
           rate = (b.offset - a.offset) / (b.at - a.at);
         }
@@ -147,20 +153,14 @@ export class ClockOffset {
 }
 
 /**
- * A latency for people: "0.4 ms" below 10 ms, "12 ms" above; when the value cannot be told
- * from 0 (it is within `uncertaintyMs` of it, or below what one decimal shows), the bound it is
- * below, "< 0.3 ms". Never "0 ms". `null` (nothing measured) is "–".
+ * A latency for people: "0.4 ms" below 10 ms, "12 ms" above, "< 0.1 ms" below what one decimal
+ * shows (an estimate at or below 0 included: such a value is within its uncertainty of 0, or it
+ * would not have been kept). Never "0 ms". `null` (nothing measured) is "–". Show
+ * `latency().uncertaintyMs` beside it ("± 0.2 ms"), as the board does.
  */
-export function formatLatency(ms, uncertaintyMs = 0) {
+export function formatLatency(ms) {
   if (typeof ms !== "number" || !Number.isFinite(ms)) return "–";
-  const u = Number.isFinite(uncertaintyMs) && uncertaintyMs > 0 ? uncertaintyMs : 0;
-  if (ms - u <= 0 || ms < 0.05) {
-    const bound = Math.max(ms + u, 0.1);
-    // Rounded up: a bound must not shrink in print (the epsilon absorbs 0.1 + 0.2 > 0.3). A
-    // bound that rounds up to 10 is an integer like the values above it: "< 10 ms".
-    const tenths = Math.ceil(bound * 10 - 1e-9) / 10;
-    return tenths < 10 ? `< ${tenths.toFixed(1)} ms` : `< ${Math.ceil(bound - 1e-9)} ms`;
-  }
+  if (ms < 0.05) return "< 0.1 ms";
   return ms < 9.95 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
 }
 
@@ -203,7 +203,8 @@ export class OddsFeedClient {
     this.listeners = new Map(); // event name -> Set
     this.latencies = []; // [receivedAt, ms, uncertainty]
     this.untrusted = []; // receivedAt of latencies below 0 by more than their uncertainty
-    this.lastReport = -Infinity;
+    this.pendingReport = null; // the latest latency to report, in ms
+    this.lastTimedSend = -Infinity; // our clock
     this.attempt = 0;
     this.socket = null;
     this.timer = null;
@@ -228,7 +229,7 @@ export class OddsFeedClient {
       this.pingsAnswered = 0;
       this.ping();
       this.clearClockTimers();
-      this.clockTimer = setInterval(() => this.ping(), this.options.clockSyncIntervalMs);
+      this.clockTimer = setInterval(() => this.tick(), CLOCK_TICK_MS);
     };
     socket.onmessage = (event) => this.onMessage(event.data);
     socket.onclose = () => {
@@ -236,6 +237,7 @@ export class OddsFeedClient {
       this.socket = null;
       this.clearClockTimers();
       this.pings.clear();
+      this.pendingReport = null;
       if (this.stopped) {
         this.setStatus("closed");
         return;
@@ -361,6 +363,21 @@ export class OddsFeedClient {
   }
 
   /**
+   * What the clock timer does once a second: sends the latest latency measured since the last
+   * report (its reply is a clock sample), else a ping when `clockSyncIntervalMs` has passed
+   * since the last sample was asked for.
+   */
+  tick() {
+    if (this.pendingReport !== null) {
+      const ms = this.pendingReport;
+      this.pendingReport = null;
+      this.sendTimed({ type: "latency", ms });
+    } else if (this.now() - this.lastTimedSend >= this.options.clockSyncIntervalMs) {
+      this.ping();
+    }
+  }
+
+  /**
    * Sends a message whose reply carries the server's time (`ping`, `latency`), noting when:
    * the reply, told from others by its id, is a clock sample.
    */
@@ -368,7 +385,8 @@ export class OddsFeedClient {
     if (!this.isOpen()) return;
     const id = `clock-${this.nextId++}`;
     if (this.pings.size > 16) this.pings.clear(); // replies that never came
-    this.pings.set(id, this.now());
+    this.lastTimedSend = this.now();
+    this.pings.set(id, this.lastTimedSend);
     this.send({ ...message, id });
   }
 
@@ -540,10 +558,8 @@ export class OddsFeedClient {
     this.latencies.push([now, ms, uncertainty]);
     this.trimLatencies(now);
     this.emit("latency", ms);
-    // The server takes 0 and above; a value within its uncertainty below 0 waits for the next.
-    if (this.options.reportLatency && ms >= 0 && Math.abs(now - this.lastReport) >= 1000) {
-      this.lastReport = now;
-      this.sendTimed({ type: "latency", ms: Math.round(ms * 1000) / 1000 });
-    }
+    // Sent by the clock timer. The server takes 0 and above; a value within its uncertainty
+    // below 0 is not reported.
+    if (this.options.reportLatency && ms >= 0) this.pendingReport = Math.round(ms * 1000) / 1000;
   }
 }

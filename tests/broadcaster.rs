@@ -485,7 +485,7 @@ async fn implausible_latency_reports_are_counted_not_recorded() {
         assert_eq!(us.div_euclid(1000), message["serverTime"], "{message}");
     }
 
-    // Arrange: one report a second is considered, so each value gets its own second.
+    // Arrange: one report per 0.9 s is considered, so each value gets its own second.
     let cases = [
         (json!(14700), false, json!("too_large")),
         (json!(-5), false, json!("negative")),
@@ -493,6 +493,8 @@ async fn implausible_latency_reports_are_counted_not_recorded() {
         (Value::Null, false, json!("not_finite")),
         (json!(12.3), true, Value::Null),
     ];
+    // When the reply to the last report taken came: after the server took it.
+    let mut taken = std::time::Instant::now();
     for (i, (ms, recorded, reason)) in cases.iter().enumerate() {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -500,12 +502,13 @@ async fn implausible_latency_reports_are_counted_not_recorded() {
         // Act
         c.send(json!({"type": "latency", "ms": ms, "id": i})).await;
         let reply = c.expect_type("latency", WAIT).await;
+        taken = std::time::Instant::now();
         // Assert
         assert_eq!(reply["id"], i, "{reply}");
         assert_eq!(reply["recorded"], *recorded, "{ms}: {reply}");
         assert_eq!(reply["reason"], *reason, "{ms}: {reply}");
     }
-    // Within the second: neither recorded nor counted as implausible.
+    // Within 0.9 s: neither recorded nor counted as implausible.
     c.send(json!({"type": "latency", "ms": 20000})).await;
     let reply = c.expect_type("latency", WAIT).await;
     assert_eq!(reply["recorded"], false, "{reply}");
@@ -513,21 +516,31 @@ async fn implausible_latency_reports_are_counted_not_recorded() {
     // Every reply has the server's time: a report is also a ping for the clock offset.
     let us = reply["serverTimeUs"].as_i64().expect("serverTimeUs");
     assert_eq!(us.div_euclid(1000), reply["serverTime"], "{reply}");
+    // 0.95 s after the last one taken, a report is taken: a client that reports from a
+    // one-second timer loses none to a fraction of a millisecond of jitter.
+    let due = taken + Duration::from_millis(950);
+    tokio::time::sleep(due.saturating_duration_since(std::time::Instant::now())).await;
+    c.send(json!({"type": "latency", "ms": 7.5})).await;
+    let reply = c.expect_type("latency", WAIT).await;
+    assert_eq!(reply["recorded"], true, "{reply}");
     // Not a number at all: a malformed message, not a measurement.
     c.send(json!({"type": "latency", "ms": "NaN"})).await;
     assert_eq!(c.expect_type("error", WAIT).await["code"], "bad_request");
 
     server
-        .wait_metric("oddsfeed_browser_latency_seconds_count", 1.0, WAIT)
+        .wait_metric("oddsfeed_browser_latency_seconds_count", 2.0, WAIT)
         .await;
     let metrics = server.metrics().await;
     assert_eq!(
         metric_value(&metrics, "oddsfeed_browser_latency_seconds_count"),
-        1.0,
+        2.0,
         "{metrics}"
     );
     let sum = metric_value(&metrics, "oddsfeed_browser_latency_seconds_sum");
-    assert!((sum - 0.0123).abs() < 1e-9, "only 12.3 ms recorded: {sum}");
+    assert!(
+        (sum - 0.0198).abs() < 1e-9,
+        "only 12.3 and 7.5 ms recorded: {sum}"
+    );
     for reason in ["too_large", "negative", "not_finite"] {
         assert_eq!(
             metric_value(

@@ -52,5 +52,5 @@ async fn javascript_client_against_a_real_server() {
 /// (web/test/latency.test.mjs): clocks stepped either way, replays, millisecond-only servers.
 #[tokio::test]
 async fn javascript_latency_estimate_and_formatting() {
-    run_node_tests("test/latency.test.mjs", &[], 9).await;
+    run_node_tests("test/latency.test.mjs", &[], 13).await;
 }

@@ -88,19 +88,35 @@ export interface LatencySummary {
  */
 export function formatLatency(ms: number | null): string;
 
-/** One clock-offset sample from a round trip: server clock minus ours, within `halfWidth` ms. */
+/** A clock-offset sample: at `at` (our clock, Unix ms), server clock minus ours was `offset`, within `halfWidth` ms. */
+export interface OffsetSample {
+  at: number;
+  offset: number;
+  halfWidth: number;
+}
+
+/** The sample of one round trip: sent at `sentAt`, stamped `serverTime` by the server, received at `receivedAt`. */
 export function offsetSample(
   sentAt: number,
   serverTime: number,
   receivedAt: number,
   serverResolutionMs?: number,
   localResolutionMs?: number,
-): { offset: number; halfWidth: number };
+): OffsetSample;
 
-/** The narrowest of the last 8 offset samples; disjoint intervals (a stepped clock) drop the older ones. */
+/** The smallest step of the clock `read()` seen over 3 steps or `budgetMs` of it (`budgetMs` when none is seen). */
+export function smallestStep(read: () => number, budgetMs: number): number;
+
+/**
+ * Server clock minus ours, from the last 16 samples (2 minutes at most): the clocks' rate from
+ * the two samples that bound it best, the offset from the sample narrowest when carried
+ * forward. A sample the estimate cannot hold with (a stepped clock) drops the older ones.
+ */
 export class ClockOffset {
-  add(sample: { offset: number; halfWidth: number }): void;
-  best(): { offset: number; halfWidth: number } | null;
+  readonly samples: OffsetSample[];
+  add(sample: OffsetSample): void;
+  /** At `t` (our clock), or null before the first sample. */
+  estimate(t: number): { offset: number; uncertainty: number; rate: number } | null;
   reset(): void;
 }
 

@@ -23,7 +23,9 @@
 // clocks run at different rates (the server's wall clock is slewed by NTP, up to 0.05 %, and a
 // virtual machine's clock can be off by more; the browser measures with a monotonic one), so
 // the rate is measured too, from the two samples that bound it best, and the uncertainty
-// grows with the time since the sample by the rate's own error. A
+// grows with the time since the sample by the rate's own error. (A clock more than 0.1 % off
+// looks, until the rate is measured, like one stepped now and then; its latencies may then be
+// off by about its drift times a second.) A
 // sample the estimate cannot hold with means a clock was stepped: the older ones are dropped.
 // A latency below 0 by more than its uncertainty is not a latency but a wrong offset: it is
 // counted (`untrusted`), neither kept nor reported, and the clock is synced again at once.
@@ -57,15 +59,36 @@ const RESYNC_MIN_GAP_MS = 5000;
 
 /**
  * Our clock in Unix ms: `performance.timeOrigin + performance.now()` where there is one (a
- * fraction of a millisecond; browsers coarsen it to 0.1 ms at most, and it is not stepped when
- * the system clock is set), else `Date.now()` (1 ms).
+ * fraction of a millisecond, and not stepped when the system clock is set), else `Date.now()`
+ * (1 ms). Browsers coarsen `performance.now()` differently (5 µs to 1 ms, more against
+ * fingerprinting), so its resolution is measured: the smallest step seen in at most 5 ms.
  */
 function platformClock() {
   const perf = globalThis.performance;
   if (perf && typeof perf.now === "function" && typeof perf.timeOrigin === "number") {
-    return { now: () => perf.timeOrigin + perf.now(), resolutionMs: 0.1 };
+    return { now: () => perf.timeOrigin + perf.now(), resolutionMs: smallestStep(() => perf.now(), 5) };
   }
-  return { now: () => Date.now(), resolutionMs: 1 };
+  return { now: () => Date.now(), resolutionMs: smallestStep(() => Date.now(), 5) };
+}
+
+/**
+ * The smallest step of the clock `read()` seen over 3 steps, `budgetMs` of it or 200,000 reads
+ * (a clock that does not move); `budgetMs` when no step was seen.
+ */
+export function smallestStep(read, budgetMs) {
+  const start = read();
+  let last = start;
+  let smallest = Infinity;
+  for (let steps = 0, reads = 0; steps < 3 && reads < 200000; reads++) {
+    const t = read();
+    if (t - start > budgetMs) break;
+    if (t > last) {
+      smallest = Math.min(smallest, t - last);
+      last = t;
+      steps += 1;
+    }
+  }
+  return Number.isFinite(smallest) ? smallest : budgetMs;
 }
 
 /**
@@ -231,7 +254,10 @@ export class OddsFeedClient {
       this.clearClockTimers();
       this.clockTimer = setInterval(() => this.tick(), CLOCK_TICK_MS);
     };
-    socket.onmessage = (event) => this.onMessage(event.data);
+    // A socket being closed (by `close()`, or replaced) may still deliver what was in flight.
+    socket.onmessage = (event) => {
+      if (this.socket === socket) this.onMessage(event.data);
+    };
     socket.onclose = () => {
       if (this.socket !== socket) return;
       this.socket = null;
@@ -253,6 +279,8 @@ export class OddsFeedClient {
     this.stopped = true;
     clearTimeout(this.timer);
     this.clearClockTimers();
+    this.pings.clear();
+    this.pendingReport = null;
     if (this.socket) this.socket.close(1000);
     this.socket = null;
     this.setStatus("closed");
@@ -265,7 +293,9 @@ export class OddsFeedClient {
   subscribe(room, listener) {
     let state = this.rooms.get(room);
     if (!state) {
-      state = { epoch: null, seq: 0, events: new Map(), listeners: new Set(), snapshots: 0, gaps: 0 };
+      // `seen`: the highest seq received in this epoch; a message at or below it that is
+      // applied is one the server replays after a gap, whose age is not a latency.
+      state = { epoch: null, seq: 0, seen: 0, events: new Map(), listeners: new Set(), snapshots: 0, gaps: 0 };
       this.rooms.set(room, state);
       if (this.isOpen()) this.sendSubscribe(room, state);
     }
@@ -455,9 +485,11 @@ export class OddsFeedClient {
         // between our connect and now, a wide interval that the first pong narrows.
         const [serverTime, resolution] = serverInstant(msg.serverTimeUs, msg.serverTime);
         this.clock.reset();
-        this.addClockSample(
-          offsetSample(this.connectStartedAt, serverTime, this.now(), resolution, this.clockResolutionMs),
-        );
+        if (Number.isFinite(serverTime)) {
+          this.addClockSample(
+            offsetSample(this.connectStartedAt, serverTime, this.now(), resolution, this.clockResolutionMs),
+          );
+        }
         break;
       }
       case "latency":
@@ -496,8 +528,10 @@ export class OddsFeedClient {
   onSnapshot(msg) {
     const state = this.rooms.get(msg.room);
     if (!state) return;
+    if (state.epoch !== msg.epoch) state.seen = 0;
     state.epoch = msg.epoch;
     state.seq = msg.seq;
+    state.seen = Math.max(state.seen, msg.seq);
     state.events = new Map(msg.events.map((e) => [e.id, e]));
     state.snapshots += 1;
     this.notify(msg.room, state);
@@ -506,6 +540,8 @@ export class OddsFeedClient {
   onOdds(msg) {
     const state = this.rooms.get(msg.room);
     if (!state) return;
+    const replayed = msg.epoch === state.epoch && msg.seq <= state.seen;
+    if (msg.epoch === state.epoch) state.seen = Math.max(state.seen, msg.seq);
     if (msg.epoch !== state.epoch || msg.seq !== state.seq + 1) {
       if (msg.epoch === state.epoch && msg.seq <= state.seq) return; // already applied
       // A gap: ask again from what we have; the server replays or sends a snapshot.
@@ -521,7 +557,7 @@ export class OddsFeedClient {
       const before = msg.format === "changes" ? state.events.get(event.id) : undefined;
       state.events.set(event.id, before ? { ...before, ...event } : event);
     }
-    this.recordLatency(msg);
+    if (!replayed) this.recordLatency(msg);
     this.notify(msg.room, state);
   }
 
@@ -544,6 +580,7 @@ export class OddsFeedClient {
     const [publishedAt, resolution] = serverInstant(msg.publishedAtUs, msg.publishedAt);
     // A replay on resume was published before this connection: its age is not a latency.
     const clock = this.clock.estimate(now);
+    if (!clock || !Number.isFinite(publishedAt)) return;
     if (publishedAt - clock.offset < this.connectStartedAt) return;
     const ms = now + clock.offset - publishedAt;
     const uncertainty = clock.uncertainty + resolution / 2 + this.clockResolutionMs;

@@ -8,7 +8,7 @@
 //     const { events, status, publisher, latency } = useOddsFeed("sport:football");
 //     return (
 //       <section>
-//         <p>{status} · publisher {publisher} · p50 {formatLatency(latency.p50)} ± {latency.uncertaintyMs.toFixed(1)} ms</p>
+//         <p>{status} · publisher {publisher} · p50 {formatLatency(latency.p50)} {latency.count ? `± ${latency.uncertaintyMs.toFixed(1)} ms` : ""}</p>
 //         {events.map((e) => (
 //           <div key={e.id}>
 //             {e.title} {e.suspended ? "suspended" : e.outcomes.map((o) => `${o.name} ${o.odds}`).join(" / ")}

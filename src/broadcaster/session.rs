@@ -47,6 +47,11 @@ use crate::net::shared_tcp::SharedTcp;
 use crate::supervisor::Faults;
 use crate::telemetry as m;
 
+/// The least time between two latency reports that are taken: 0.9 s, so that a client that
+/// reports once a second from a timer (web/oddsfeed-client.js) is not refused one report in
+/// three for a timer or network jitter of a fraction of a millisecond.
+const LATENCY_REPORT_GAP: Duration = Duration::from_millis(900);
+
 /// Close codes this server sends (RFC 6455 §7.4.1).
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -207,8 +212,9 @@ struct Session {
     rate: RateLimit,
     /// When the last `rate_limited` error went out (at most one a second).
     last_rate_error: Option<Instant>,
-    /// When the last latency report was recorded or rejected (at most one a second, so one
-    /// client cannot outweigh the others in the histogram or in the rejection counter).
+    /// When the last latency report was recorded or rejected (at most one per
+    /// [`LATENCY_REPORT_GAP`], so one client cannot outweigh the others in the histogram or in
+    /// the rejection counter).
     last_latency: Option<Instant>,
 }
 
@@ -608,12 +614,13 @@ impl Session {
         }
     }
 
-    /// Records a latency report, or counts it as implausible; at most one a second either way.
-    /// The reply carries the server's time, so that a report also serves the client as a ping.
+    /// Records a latency report, or counts it as implausible; at most one per
+    /// [`LATENCY_REPORT_GAP`] either way. The reply carries the server's time, so that a report
+    /// also serves the client as a ping.
     fn take_latency(&mut self, report: LatencyReport, id: Option<&Value>) {
         let due = self
             .last_latency
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            .is_none_or(|t| t.elapsed() >= LATENCY_REPORT_GAP);
         let (recorded, reason) = if !due {
             (false, None)
         } else {

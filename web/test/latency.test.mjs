@@ -2,7 +2,7 @@
 // WebSocket and a fake clock play the server's side (tests/web_client.rs runs this file).
 import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { OddsFeedClient, formatLatency, offsetSample, ClockOffset } from "../oddsfeed-client.js";
+import { OddsFeedClient, formatLatency, offsetSample, smallestStep, ClockOffset } from "../oddsfeed-client.js";
 
 /** A WebSocket whose server side the test plays: it records what the client sends. */
 class FakeSocket {
@@ -69,11 +69,11 @@ function connected({ skewMs = 5000.25, drift = 0, withMicroseconds = true } = {}
       }
     },
     seq: 0,
-    /** An odds message published `ageMs` before it is received now. */
-    odds(ageMs) {
-      server.seq += 1;
+    /** An odds message published `ageMs` before it is received now (the next seq, or `seq`). */
+    odds(ageMs, seq = server.seq + 1) {
+      server.seq = Math.max(server.seq, seq);
       server.reply({
-        type: "odds", room: "sport:all", epoch: "e", seq: server.seq,
+        type: "odds", room: "sport:all", epoch: "e", seq,
         ...server.stamp("publishedAt", server.at(clock.now()) - ageMs),
         upserts: [], removals: [],
       });
@@ -217,6 +217,60 @@ test("replayed messages on resume are not latencies", () => {
   assertReports(server, []);
   feed.close();
   assert.equal(socket.readyState, 3);
+});
+
+test("messages the server replays after a gap are not latencies; the live ones after them are", () => {
+  const { feed, clock, server, socket } = connected();
+  clock.advance(100);
+  server.odds(0.4); // seq 2
+  assert.equal(feed.latency().count, 1);
+  // seq 3 is lost; seq 4 shows the gap, and the client asks to resume from 2.
+  clock.advance(100);
+  server.odds(0.4, 4);
+  const resume = socket.sent.at(-1);
+  assert.deepEqual([resume.type, resume.seq], ["subscribe", 2]);
+  // The server replays 3 and 4, published 300 and 200 ms ago: their age is not a latency.
+  clock.advance(200);
+  server.odds(300, 3);
+  server.odds(200, 4);
+  assert.equal(feed.position("sport:all").seq, 4);
+  assert.equal(feed.latency().count, 1, JSON.stringify(feed.latencies));
+  clock.advance(100);
+  server.odds(0.4); // seq 5, live
+  const l = feed.latency();
+  assert.equal(l.count, 2);
+  assert.ok(Math.abs(l.p99 - 0.4) < 0.01, JSON.stringify(l));
+});
+
+test("after close(), what was in flight is ignored: no timer restarted, nothing measured", () => {
+  const { feed, clock, server, socket } = connected();
+  feed.ping();
+  const inFlight = socket.sent.at(-1);
+  feed.close();
+  const count = feed.latency().count;
+  // The socket, closing, still delivers the pong and a message (the ws package does).
+  socket.onmessage({ data: JSON.stringify({ type: "pong", id: inFlight.id, ...server.stamp("serverTime", server.at(clock.now())) }) });
+  server.odds(0.4);
+  assert.equal(feed.latency().count, count);
+  assert.equal(feed.pings.size, 0);
+  assert.equal(feed.status, "closed");
+});
+
+test("a welcome without serverTime leaves the clock unknown, not NaN", () => {
+  const feed = new OddsFeedClient("ws://fake/ws", { WebSocket: FakeSocket, now: () => 1000 });
+  feeds.push(feed);
+  feed.subscribe("sport:all");
+  FakeSocket.last.onmessage({ data: JSON.stringify({ type: "welcome", clientId: "c1", heartbeatMs: 25000 }) });
+  assert.equal(feed.clock.samples.length, 0);
+  assert.equal(feed.clockOffsetMs, 0);
+});
+
+test("the local clock's resolution is measured", () => {
+  let t = 0;
+  assert.ok(Math.abs(smallestStep(() => (t += 0.03, Math.floor(t * 10) / 10), 5) - 0.1) < 1e-9);
+  assert.equal(smallestStep(() => 7, 5), 5, "a clock that does not move");
+  t = 0;
+  assert.equal(smallestStep(() => (t += 0.5, Math.floor(t / 100) * 100), 5), 5, "coarser than the budget");
 });
 
 test("the clocks run at different rates (0.5 %, ten times what NTP slews): latencies stay right", () => {

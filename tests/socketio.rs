@@ -47,17 +47,10 @@ fn prices(events: impl IntoIterator<Item = Value>) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Runs the node test `file` (one test) while e0's HOME price moves every `every`; it must
-/// finish within `limit`.
-async fn node_test_while_prices_move(
-    db: &TestDb,
-    every: Duration,
-    file: &str,
-    env: &[(&str, String)],
-    limit: Duration,
-) {
+/// Moves e0's HOME price every `every` until the task is aborted.
+fn move_prices(db: &TestDb, every: Duration) -> tokio::task::JoinHandle<()> {
     let pool = db.pool.clone();
-    let churn = tokio::spawn(async move {
+    tokio::spawn(async move {
         for i in 0u64.. {
             let _ = sqlx::query(
                 "UPDATE outcomes SET external_price = $1 WHERE event_id = 'e0' AND name = 'HOME'",
@@ -67,7 +60,19 @@ async fn node_test_while_prices_move(
             .await;
             tokio::time::sleep(every).await;
         }
-    });
+    })
+}
+
+/// Runs the node test `file` (one test) while e0's HOME price moves every `every`; it must
+/// finish within `limit`.
+async fn node_test_while_prices_move(
+    db: &TestDb,
+    every: Duration,
+    file: &str,
+    env: &[(&str, String)],
+    limit: Duration,
+) {
+    let churn = move_prices(db, every);
     let result = tokio::time::timeout(limit, run_node_tests(file, env, 1)).await;
     churn.abort();
     result.expect("the node test finishes");
@@ -247,18 +252,7 @@ async fn a_page_reconnects_after_a_restart_and_floods_are_rate_limited() {
     server.kill().await;
     let server = Server::start(&["serve"], &env).await;
     // Prices move after the restart until the page has seen it.
-    let pool = db.pool.clone();
-    let churn = tokio::spawn(async move {
-        for i in 0u64.. {
-            let _ = sqlx::query(
-                "UPDATE outcomes SET external_price = $1 WHERE event_id = 'e0' AND name = 'HOME'",
-            )
-            .bind(0.2 + (i % 50) as f64 / 100.0)
-            .execute(&pool)
-            .await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let churn = move_prices(&db, Duration::from_millis(100));
     let result = tokio::time::timeout(Duration::from_secs(120), node).await;
     churn.abort();
     result.expect("the node tests finish").expect("node ran");

@@ -1,8 +1,9 @@
 //! The demo data as a bettor would read it, after `seed` and after many simulator rounds:
 //! every event is between two sides of its own league (tennis tours never mixed), head-to-head
 //! outcomes are named after the sides, scores are ones the sport produces, upcoming events
-//! start on the quarter hour, and every price is the in-play model's for the score and clock
-//! shown next to it (within the simulator's drift).
+//! start on the quarter hour in the hours their league plays, no side plays twice at once,
+//! and every price is the in-play model's for the score and clock shown next to it (within
+//! the simulator's drift).
 
 mod support;
 
@@ -83,6 +84,40 @@ async fn check_active_events(pool: &PgPool, when: &str) {
         check_event(row).unwrap_or_else(|problem| panic!("{when}: {}: {problem}: {row:?}", row.id));
     }
     assert!(live >= 20, "{when}: {live} events in play");
+    check_no_side_plays_twice_at_once(&rows, when);
+}
+
+/// No team or player has two events that start less than `sim::seed::REST` apart (so never
+/// two at once: the Jets were once in two live games on the demo board).
+fn check_no_side_plays_twice_at_once(rows: &[Row], when: &str) {
+    let mut starts: std::collections::HashMap<_, Vec<(DateTime<Utc>, &str)>> =
+        std::collections::HashMap::new();
+    for row in rows {
+        let start = row.start_time.expect("a start time");
+        for side in [&row.team_a, &row.team_b] {
+            let side = side.as_deref().expect("a side");
+            starts
+                .entry((row.sport.as_deref(), row.is_esports, side))
+                .or_default()
+                .push((start, row.id.as_str()));
+        }
+    }
+    let mut sides_with_several = 0;
+    for (side, mut events) in starts {
+        events.sort();
+        sides_with_several += usize::from(events.len() > 1);
+        for pair in events.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= sim::seed::REST,
+                "{when}: {side:?} plays {} at {} and {} at {}",
+                pair[0].1,
+                pair[0].0,
+                pair[1].1,
+                pair[1].0
+            );
+        }
+    }
+    assert!(sides_with_several > 20, "{when}: sides play more than once");
 }
 
 fn check_event(row: &Row) -> Result<(), String> {
@@ -167,6 +202,14 @@ fn check_event(row: &Row) -> Result<(), String> {
         let start = start.ok_or("no start time")?;
         if start <= Utc::now() || start.minute() % 15 != 0 || start.second() != 0 {
             return Err("an upcoming start not on a quarter hour ahead".into());
+        }
+        if !league.starts_in(start.hour()) {
+            return Err(format!(
+                "starts at {} UTC, outside the {} start hours {:?}",
+                start.time(),
+                league.name,
+                league.start_hours
+            ));
         }
         Play::start(league.game)
     };

@@ -104,6 +104,10 @@ pub struct League {
     pub teams: &'static [Team],
     /// Whether the first-named side plays at home (not at tennis or esports tournaments).
     pub home_venue: bool,
+    /// The hours (UTC, from and until; wrapping past midnight when from > until) in which its
+    /// matches start: the evenings and weekend afternoons its audience watches, so that no
+    /// Premier League match starts at 06:15.
+    pub start_hours: (u32, u32),
 }
 
 /// A sport of the demo data set and its leagues.
@@ -119,6 +123,16 @@ impl League {
     /// The team or player of this league called `name`.
     pub fn team(&self, name: &str) -> Option<&'static Team> {
         self.teams.iter().find(|team| team.name == name)
+    }
+
+    /// Whether a match of this league may start at `hour` (UTC): one of its [`Self::start_hours`].
+    pub fn starts_in(&self, hour: u32) -> bool {
+        let (from, until) = self.start_hours;
+        if from <= until {
+            (from..until).contains(&hour)
+        } else {
+            hour >= from || hour < until
+        }
     }
 
     /// The two sides as the pricing model sees them (an unknown name rates 0).
@@ -194,6 +208,7 @@ const fn football(name: &'static str, teams: &'static [Team]) -> League {
         game: FOOTBALL,
         teams,
         home_venue: true,
+        start_hours: (12, 21),
     }
 }
 
@@ -203,6 +218,7 @@ const fn tennis(name: &'static str, hold: f64, teams: &'static [Team]) -> League
         game: Game::Sets { hold },
         teams,
         home_venue: false,
+        start_hours: (10, 21),
     }
 }
 
@@ -212,6 +228,7 @@ const fn esports(name: &'static str, game: Game, teams: &'static [Team]) -> Leag
         game,
         teams,
         home_venue: false,
+        start_hours: (8, 22),
     }
 }
 
@@ -400,6 +417,7 @@ pub const SPORTS: &[DemoSport] = &[
                     team("Wizards", -0.8),
                 ],
                 home_venue: true,
+                start_hours: (17, 4),
             },
             League {
                 name: "EuroLeague",
@@ -433,6 +451,7 @@ pub const SPORTS: &[DemoSport] = &[
                     team("Alba Berlin", -0.3),
                 ],
                 home_venue: true,
+                start_hours: (16, 21),
             },
         ],
     },
@@ -487,6 +506,7 @@ pub const SPORTS: &[DemoSport] = &[
                 team("Sharks", -0.8),
             ],
             home_venue: true,
+            start_hours: (17, 4),
         }],
     },
     DemoSport {
@@ -538,6 +558,7 @@ pub const SPORTS: &[DemoSport] = &[
                 team("Browns", -0.6),
             ],
             home_venue: true,
+            start_hours: (17, 2),
         }],
     },
     DemoSport {

@@ -1,10 +1,13 @@
 //! `oddsfeed seed`: events of every sport and league in [`super::SPORTS`] (each between two
 //! sides of its league), one in five already in play with a score the sport would produce,
-//! the rest starting on the quarter hour over the next three days; prices from the in-play
-//! model; pending and settled bets. Deterministic for a given `SEED_RANDOM`.
+//! the rest starting on the quarter hour over the next three days, no side in two events less
+//! than [`REST`] apart; prices from the in-play model; pending and settled bets. Deterministic
+//! for a given `SEED_RANDOM`.
+
+use std::collections::HashMap;
 
 use anyhow::Context;
-use chrono::{DateTime, Duration, DurationRound, Utc};
+use chrono::{DateTime, Duration, DurationRound, Timelike, Utc};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -19,6 +22,50 @@ pub struct Summary {
     pub events: usize,
     pub outcomes: usize,
     pub bets: usize,
+}
+
+/// The least time between the starts of two events of one side (a team, a player): far longer
+/// than any demo match lasts, so that no side plays two matches at once (a bettor who sees
+/// the Jets in two live games stops believing the rest), nor twice in an evening.
+pub const REST: Duration = Duration::hours(12);
+
+/// Draws for an event before two free sides are found; an event that finds none is left out.
+/// Every [`DRAWS_PER_HORIZON`] draws, the horizon grows by three days: a large seed spreads
+/// over more days rather than crowding them.
+pub(crate) const DRAWS: usize = 100;
+pub(crate) const DRAWS_PER_HORIZON: usize = 25;
+
+/// The days ahead in which the `draw`th draw (from 0) may place an event.
+pub(crate) fn horizon_days(draw: usize) -> i64 {
+    3 * (1 + (draw / DRAWS_PER_HORIZON) as i64)
+}
+
+/// A side of a sport, as stored: `sport`, `is_esports`, the name (a player of two tours, or
+/// an organisation in two esports titles, is one side).
+type Side = (Option<&'static str>, bool, &'static str);
+
+/// When each side plays.
+#[derive(Default)]
+struct Fixtures(HashMap<Side, Vec<DateTime<Utc>>>);
+
+impl Fixtures {
+    /// Whether neither side has an event less than [`REST`] from `at`.
+    fn free(&self, sport: &DemoSport, sides: [&'static str; 2], at: DateTime<Utc>) -> bool {
+        sides.iter().all(|side| {
+            self.0
+                .get(&(sport.sport, sport.is_esports, *side))
+                .is_none_or(|starts| starts.iter().all(|start| (*start - at).abs() >= REST))
+        })
+    }
+
+    fn book(&mut self, sport: &DemoSport, sides: [&'static str; 2], at: DateTime<Utc>) {
+        for side in sides {
+            self.0
+                .entry((sport.sport, sport.is_esports, side))
+                .or_default()
+                .push(at);
+        }
+    }
 }
 
 /// Inserts `count` events. Without `reset`, an already seeded database is left alone.
@@ -50,19 +97,29 @@ pub async fn seed(
     let mut rng = StdRng::seed_from_u64(random_seed);
     let now = Utc::now();
     let mut summary = Summary::default();
+    let mut fixtures = Fixtures::default();
+    let mut left_out = 0usize;
     for n in 0..count {
         let sport = &SPORTS[n % SPORTS.len()];
-        let Some(league) = sport.leagues.choose(&mut rng) else {
+        let drawn = (0..DRAWS).find_map(|draw| {
+            let league = sport.leagues.choose(&mut rng)?;
+            let (home, away) = league.draw_pair(&mut rng);
+            let play = rng
+                .random_bool(0.2)
+                .then(|| Play::in_progress(&league.matchup(home, away), &mut rng));
+            let start_time = match play {
+                Some(play) => now - Duration::minutes(i64::from(play.minutes_played(league.game))),
+                None => kick_off(now, league, 10, horizon_days(draw), &mut rng),
+            };
+            fixtures
+                .free(sport, [home, away], start_time)
+                .then_some((league, home, away, play, start_time))
+        });
+        let Some((league, home, away, play, start_time)) = drawn else {
+            left_out += 1;
             continue;
         };
-        let (home, away) = league.draw_pair(&mut rng);
-        let play = rng
-            .random_bool(0.2)
-            .then(|| Play::in_progress(&league.matchup(home, away), &mut rng));
-        let start_time = match play {
-            Some(play) => now - Duration::minutes(i64::from(play.minutes_played(league.game))),
-            None => start_ahead(now, rng.random_range(10..3 * 24 * 60)),
-        };
+        fixtures.book(sport, [home, away], start_time);
         let event = NewEvent {
             id: format!("evt-{}", n + 1),
             sport,
@@ -102,6 +159,14 @@ pub async fn seed(
         summary.events += 1;
     }
     tx.commit().await?;
+    if left_out > 0 {
+        tracing::warn!(
+            left_out,
+            rest_hours = REST.num_hours(),
+            "events left out: no two sides of a league were free (a side plays at most once in \
+             rest_hours, in its league's hours, within 12 days)"
+        );
+    }
     Ok(summary)
 }
 
@@ -116,6 +181,26 @@ pub(crate) struct NewEvent {
     /// Where the match stands if it is in play; `None` for an upcoming event.
     pub play: Option<Play>,
     pub start_time: DateTime<Utc>,
+}
+
+/// A start for a match of `league`: on the quarter hour, in the league's start hours, at
+/// least `lead_minutes` and about `days` at most from `now`.
+pub(crate) fn kick_off(
+    now: DateTime<Utc>,
+    league: &League,
+    lead_minutes: i64,
+    days: i64,
+    rng: &mut impl Rng,
+) -> DateTime<Utc> {
+    let first = start_ahead(now, lead_minutes);
+    let slots = ((now + Duration::days(days)) - first).num_minutes().max(0) / 15 + 1;
+    // One of the quarter hours in the league's hours, each as likely (every league has some
+    // hours in any day).
+    let open: Vec<DateTime<Utc>> = (0..slots)
+        .map(|i| first + Duration::minutes(15 * i))
+        .filter(|at| league.starts_in(at.hour()))
+        .collect();
+    open.choose(rng).copied().unwrap_or(first)
 }
 
 /// At least `minutes` from `now`, on the quarter hour, as real kick-offs are.
@@ -190,4 +275,59 @@ pub(crate) async fn insert_event(
         .with_context(|| format!("Failed to insert outcome {name} of event {}", event.id))?;
     }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kick_offs_are_on_the_quarter_hour_in_the_leagues_hours() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let now = Utc::now();
+        for sport in SPORTS {
+            for league in sport.leagues {
+                for _ in 0..200 {
+                    let at = kick_off(now, league, 10, 3, &mut rng);
+                    assert!(league.starts_in(at.hour()), "{} at {at}", league.name);
+                    assert_eq!((at.minute() % 15, at.second()), (0, 0), "{at}");
+                    assert!(at >= now + Duration::minutes(10), "{at}");
+                    assert!(at <= now + Duration::days(3), "{at}");
+                }
+                // Spread over the league's hours, not piled on the first of them.
+                let first_hours = (0..200)
+                    .filter(|_| {
+                        kick_off(now, league, 10, 3, &mut rng).hour() == league.start_hours.0
+                    })
+                    .count();
+                assert!(first_hours < 80, "{}: {first_hours} of 200", league.name);
+            }
+        }
+    }
+
+    #[test]
+    fn start_hours_may_wrap_past_midnight() {
+        let nfl = SPORTS
+            .iter()
+            .flat_map(|sport| sport.leagues)
+            .find(|league| league.name == "NFL")
+            .unwrap();
+        assert_eq!(nfl.start_hours, (17, 2));
+        let hours: Vec<u32> = (0..24).filter(|h| nfl.starts_in(*h)).collect();
+        assert_eq!(hours, [0, 1, 17, 18, 19, 20, 21, 22, 23]);
+    }
+
+    #[test]
+    fn a_side_is_not_free_within_rest_of_its_other_events() {
+        let sport = &SPORTS[0];
+        let at = Utc::now();
+        let mut fixtures = Fixtures::default();
+        fixtures.book(sport, ["A", "B"], at);
+        assert!(!fixtures.free(sport, ["C", "A"], at + REST - Duration::minutes(15)));
+        assert!(!fixtures.free(sport, ["B", "C"], at - REST + Duration::minutes(15)));
+        assert!(fixtures.free(sport, ["A", "B"], at + REST));
+        assert!(fixtures.free(sport, ["C", "D"], at));
+        // The same names in another sport are other sides.
+        assert!(fixtures.free(&SPORTS[1], ["A", "B"], at));
+    }
 }

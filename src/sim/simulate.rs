@@ -5,8 +5,9 @@
 //! often as their prices say) and settled, and some live matches are played a step further
 //! (a minute, a game of tennis, a round) and priced at once, so a goal moves the price in the
 //! same transaction that shows it. A match that ends is finished and its bets settled by the
-//! result; the next upcoming event kicks off in its place, and a new upcoming event is drawn,
-//! so the data set stays the same size.
+//! result; the next upcoming event whose sides have nothing else within [`REST`] kicks off in
+//! its place, and a new upcoming event is drawn in its league's hours between two sides free
+//! then, so the data set stays the same size and no side ever plays two matches at once.
 
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::inplay::Matchup;
 use super::play::Play;
-use super::seed::{NewEvent, insert_event, start_ahead};
+use super::seed::{DRAWS, NewEvent, REST, horizon_days, insert_event, kick_off};
 use super::{Game, League, SPORTS, demo_sport, external_prices, league};
 
 /// How fast the simulator moves things.
@@ -286,7 +287,7 @@ async fn advance_live_events(pool: &PgPool, rng: &mut StdRng, count: i64) -> any
 }
 
 /// Finishes a live event at `result` and settles its bets by it; kicks off the next upcoming
-/// event and draws a new upcoming one.
+/// event whose sides are free and draws a new upcoming one.
 async fn finish_and_replace(
     pool: &PgPool,
     rng: &mut StdRng,
@@ -329,13 +330,23 @@ async fn finish_and_replace(
     let next: Option<EventRow> = sqlx::query_as(concat!(
         "SELECT ",
         event_row_columns!(),
-        " FROM (SELECT id FROM events
+        " FROM (SELECT id FROM events e
                  WHERE status = 'ACTIVE' AND event_type = 'upcoming'
+                   -- Kicked off now: neither side may have another event within REST of now.
+                   AND NOT EXISTS (SELECT 1 FROM events o
+                                    WHERE o.id <> e.id AND o.status = 'ACTIVE'
+                                      AND o.event_type IN ('live', 'upcoming')
+                                      AND o.sport IS NOT DISTINCT FROM e.sport
+                                      AND o.is_esports = e.is_esports
+                                      AND (o.team_a IN (e.team_a, e.team_b)
+                                           OR o.team_b IN (e.team_a, e.team_b))
+                                      AND o.start_time < now() + make_interval(secs => $1))
                  ORDER BY start_time LIMIT 1 FOR UPDATE) picked
           JOIN events e ON e.id = picked.id
           LEFT JOIN outcomes o ON o.event_id = e.id
          GROUP BY e.id"
     ))
+    .bind(REST.as_seconds_f64())
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(next) = next {
@@ -360,23 +371,62 @@ async fn finish_and_replace(
         }
     }
 
-    let sport = SPORTS.choose(rng).unwrap_or(&SPORTS[0]);
-    let league = sport.leagues.choose(rng).unwrap_or(&SPORTS[0].leagues[0]);
-    let (home, away) = league.draw_pair(rng);
     let count: i64 = sqlx::query_scalar("SELECT count(*) + 1 FROM events")
         .fetch_one(&mut *tx)
         .await?;
-    let new_event = NewEvent {
-        id: format!("evt-{count}-{:04x}", rng.random::<u16>()),
-        sport,
-        league,
-        home,
-        away,
-        play: None,
-        start_time: start_ahead(Utc::now(), rng.random_range(60..3 * 24 * 60)),
+    let id = format!("evt-{count}-{:04x}", rng.random::<u16>());
+    let Some(new_event) = draw_upcoming(&mut tx, rng, id).await? else {
+        tx.commit().await?;
+        tracing::warn!(
+            finished = event.id,
+            "no free sides for a new event; not replaced"
+        );
+        return Ok(());
     };
     insert_event(&mut tx, &new_event, rng).await?;
     tx.commit().await?;
     tracing::debug!(finished = event.id, created = %new_event.id, "event finished and replaced");
     Ok(())
+}
+
+/// A new upcoming event between two sides of one league, neither with another active event
+/// within [`REST`] of its start; `None` when [`DRAWS`] draws found none.
+async fn draw_upcoming(
+    conn: &mut sqlx::PgConnection,
+    rng: &mut StdRng,
+    id: String,
+) -> anyhow::Result<Option<NewEvent>> {
+    for draw in 0..DRAWS {
+        let sport = SPORTS.choose(rng).unwrap_or(&SPORTS[0]);
+        let league = sport.leagues.choose(rng).unwrap_or(&SPORTS[0].leagues[0]);
+        let (home, away) = league.draw_pair(rng);
+        let start_time = kick_off(Utc::now(), league, 60, horizon_days(draw), rng);
+        let busy: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events
+                             WHERE status = 'ACTIVE' AND event_type IN ('live', 'upcoming')
+                               AND sport IS NOT DISTINCT FROM $1 AND is_esports = $2
+                               AND (team_a IN ($3, $4) OR team_b IN ($3, $4))
+                               AND abs(extract(epoch FROM start_time - $5)) < $6)",
+        )
+        .bind(sport.sport)
+        .bind(sport.is_esports)
+        .bind(home)
+        .bind(away)
+        .bind(start_time)
+        .bind(REST.as_seconds_f64())
+        .fetch_one(&mut *conn)
+        .await?;
+        if !busy {
+            return Ok(Some(NewEvent {
+                id,
+                sport,
+                league,
+                home,
+                away,
+                play: None,
+                start_time,
+            }));
+        }
+    }
+    Ok(None)
 }

@@ -20,19 +20,19 @@ bin="$CARGO_TARGET_DIR/release/oddsfeed"
 "$bin" seed
 
 port=${LISTEN_ADDR:-0.0.0.0:3001}; port=${port##*:}
+api=localhost:$port/api/sports/ws-publisher
+# A command and what it does, the comments in one column whatever the port and channel.
+line() { printf '    %-58s # %s\n' "$1" "$2" >&2; }
+printf '\n  oddsfeed is starting on port %s with the demo simulator.\n\n' "$port" >&2
+printf '  Open http://localhost:%s/ for the live odds board. In another terminal:\n\n' "$port" >&2
+line "redis-cli SUBSCRIBE ${ODDS_CHANNEL:-sports-odds}" "the odds stream"
+line "curl -s $api" "publisher status"
+line "curl -s -X DELETE $api" "stop publishing"
+line "curl -s -X POST $api" "start again"
+line "curl -s localhost:$port/health" "health"
+line "curl -s localhost:$port/metrics | grep oddsfeed_" "Prometheus metrics"
+line "websocat ws://localhost:$port/ws" "a WebSocket client, then type:"
 cat >&2 <<MSG
-
-  oddsfeed is starting on port $port with the demo simulator.
-
-  Open http://localhost:$port/ for the live odds board. In another terminal:
-
-    redis-cli SUBSCRIBE ${ODDS_CHANNEL:-sports-odds}                  # the odds stream
-    curl -s localhost:$port/api/sports/ws-publisher                  # publisher status
-    curl -s -X DELETE localhost:$port/api/sports/ws-publisher        # stop publishing
-    curl -s -X POST localhost:$port/api/sports/ws-publisher          # start again
-    curl -s localhost:$port/health                                   # health
-    curl -s localhost:$port/metrics | grep oddsfeed_                 # Prometheus metrics
-    websocat ws://localhost:$port/ws                                 # a WebSocket client, then type:
       {"type":"subscribe","room":"sport:football"}
     (websocat is not in Debian: any WebSocket client does, e.g. npx wscat -c ws://localhost:$port/ws)
 

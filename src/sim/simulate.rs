@@ -375,14 +375,7 @@ async fn finish_and_replace(
         .fetch_one(&mut *tx)
         .await?;
     let id = format!("evt-{count}-{:04x}", rng.random::<u16>());
-    let Some(new_event) = draw_upcoming(&mut tx, rng, id).await? else {
-        tx.commit().await?;
-        tracing::warn!(
-            finished = event.id,
-            "no free sides for a new event; not replaced"
-        );
-        return Ok(());
-    };
+    let new_event = draw_upcoming(&mut tx, rng, id).await?;
     insert_event(&mut tx, &new_event, rng).await?;
     tx.commit().await?;
     tracing::debug!(finished = event.id, created = %new_event.id, "event finished and replaced");
@@ -390,17 +383,20 @@ async fn finish_and_replace(
 }
 
 /// A new upcoming event between two sides of one league, neither with another active event
-/// within [`REST`] of its start; `None` when [`DRAWS`] draws found none.
+/// within [`REST`] of its start; the last of [`DRAWS`] draws when none is (more events than
+/// the calendars hold: the data set keeps its size).
 async fn draw_upcoming(
     conn: &mut sqlx::PgConnection,
     rng: &mut StdRng,
     id: String,
-) -> anyhow::Result<Option<NewEvent>> {
-    for draw in 0..DRAWS {
+) -> anyhow::Result<NewEvent> {
+    let mut draw = 0;
+    loop {
+        draw += 1;
         let sport = SPORTS.choose(rng).unwrap_or(&SPORTS[0]);
         let league = sport.leagues.choose(rng).unwrap_or(&SPORTS[0].leagues[0]);
         let (home, away) = league.draw_pair(rng);
-        let start_time = kick_off(Utc::now(), league, 60, horizon_days(draw), rng);
+        let start_time = kick_off(Utc::now(), league, 60, horizon_days(draw - 1), rng);
         let busy: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM events
                              WHERE status = 'ACTIVE' AND event_type IN ('live', 'upcoming')
@@ -416,8 +412,8 @@ async fn draw_upcoming(
         .bind(REST.as_seconds_f64())
         .fetch_one(&mut *conn)
         .await?;
-        if !busy {
-            return Ok(Some(NewEvent {
+        if !busy || draw >= DRAWS {
+            return Ok(NewEvent {
                 id,
                 sport,
                 league,
@@ -425,8 +421,7 @@ async fn draw_upcoming(
                 away,
                 play: None,
                 start_time,
-            }));
+            });
         }
     }
-    Ok(None)
 }

@@ -25,7 +25,7 @@
 //! | [`http`] | `/health`, `/metrics`, the dependency probe, the HTTP error type |
 //! | [`db`] | PostgreSQL connect options, lazy pool, migrations |
 //! | [`telemetry`] | tracing setup, Prometheus recorder, every metric name |
-//! | [`sim`] | demo data: sports, leagues and teams; [`sim::play`] how a match is played and shown, [`sim::inplay`] the in-play pricing model (pure), [`sim::seed`] the data set, [`sim::simulate`] live activity |
+//! | [`sim`] | demo data: sports, leagues and teams; [`sim::play`] how a match is played and shown, [`sim::inplay`] the in-play pricing model (pure), [`sim::fixtures`] the calendar, [`sim::seed`] the data set, [`sim::simulate`] live activity |
 //! | [`supervisor`] | restarts a long-running task that panicked or exited, counts it, reports it to `/health` |
 //! | [`app`] | wiring of the subcommands, plain or TLS listener, graceful shutdown |
 

@@ -45,6 +45,76 @@ async fn seeded_and_simulated_events_would_not_fool_a_bettor() {
     db.drop_db().await;
 }
 
+/// When a match ends, the simulator kicks off the first upcoming event whose sides are free:
+/// not one whose side is playing elsewhere right now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_side_that_is_playing_is_not_kicked_off_again() {
+    let db = TestDb::new().await;
+    // id, home, away, and in play: (quarter, clock left), or upcoming: hours from now.
+    let events = [
+        // Ends at the next step.
+        ("ending", "Bears", "Lions", Ok(("Q4", "1:00"))),
+        // Plays on.
+        ("playing", "Jets", "Eagles", Ok(("Q1", "10:00"))),
+        // The first upcoming event, but the Jets are playing.
+        ("jets-next", "Jets", "Giants", Err(1)),
+        ("free-next", "Bills", "Dolphins", Err(2)),
+    ];
+    for (id, home, away, state) in events {
+        let (event_type, score, (period, elapsed), hours) = match state {
+            Ok(clock) => ("live", Some("10-7"), (Some(clock.0), Some(clock.1)), -2),
+            Err(hours) => ("upcoming", None, (None, None), hours),
+        };
+        sqlx::query(
+            "INSERT INTO events (id, title, sport, league, team_a, team_b, event_type,
+                                 game_status, live, score, period, elapsed, start_time)
+             VALUES ($1, $2 || ' vs ' || $3, 'American Football', 'NFL', $2, $3, $4,
+                     CASE WHEN $4 = 'live' THEN 'in_progress' ELSE 'scheduled' END, $4 = 'live',
+                     $5, $6, $7, now() + make_interval(hours => $8))",
+        )
+        .bind(id)
+        .bind(home)
+        .bind(away)
+        .bind(event_type)
+        .bind(score)
+        .bind(period)
+        .bind(elapsed)
+        .bind(hours)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        for (position, name) in [home, away].iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO outcomes (event_id, name, position, external_price)
+                 VALUES ($1, $2, $3, 0.5)",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(position as i16)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        }
+    }
+
+    // Both live matches are played a step (two of the four changes play live matches on).
+    let mut rng = StdRng::seed_from_u64(1);
+    sim::simulate::round(&db.pool, &mut rng, 4).await.unwrap();
+
+    let types: std::collections::HashMap<String, String> =
+        sqlx::query_as("SELECT id, event_type FROM events")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(types["ending"], "past", "{types:?}");
+    assert_eq!(types["playing"], "live", "{types:?}");
+    assert_eq!(types["jets-next"], "upcoming", "{types:?}");
+    assert_eq!(types["free-next"], "live", "{types:?}");
+    db.drop_db().await;
+}
+
 #[derive(Debug, sqlx::FromRow)]
 struct Row {
     id: String,
@@ -87,7 +157,7 @@ async fn check_active_events(pool: &PgPool, when: &str) {
     check_no_side_plays_twice_at_once(&rows, when);
 }
 
-/// No team or player has two events that start less than `sim::seed::REST` apart (so never
+/// No team or player has two events that start less than `sim::fixtures::REST` apart (so never
 /// two at once: the Jets were once in two live games on the demo board).
 fn check_no_side_plays_twice_at_once(rows: &[Row], when: &str) {
     let mut starts: std::collections::HashMap<_, Vec<(DateTime<Utc>, &str)>> =
@@ -108,7 +178,7 @@ fn check_no_side_plays_twice_at_once(rows: &[Row], when: &str) {
         sides_with_several += usize::from(events.len() > 1);
         for pair in events.windows(2) {
             assert!(
-                pair[1].0 - pair[0].0 >= sim::seed::REST,
+                pair[1].0 - pair[0].0 >= sim::fixtures::REST,
                 "{when}: {side:?} plays {} at {} and {} at {}",
                 pair[0].1,
                 pair[0].0,

@@ -6,11 +6,14 @@
 //!   shown (`score`, `period`, `elapsed`) and read back;
 //! - [`inplay`]: the pricing model: fair probabilities from strengths, score and clock, and a
 //!   bookmaker's overround (pure, unit- and property-tested);
+//! - [`fixtures`]: the calendar: kick-offs in a league's hours, no side in two events less
+//!   than [`fixtures::REST`] apart;
 //! - [`seed`] inserts a data set, [`simulate`] keeps it moving.
 //!
 //! Football and ice hockey are priced HOME/DRAW/AWAY (the first-named team is at home); every
 //! other market is two-way and its outcomes are named after the two sides.
 
+pub mod fixtures;
 pub mod inplay;
 pub mod play;
 pub mod seed;

@@ -5,7 +5,7 @@
 //! often as their prices say) and settled, and some live matches are played a step further
 //! (a minute, a game of tennis, a round) and priced at once, so a goal moves the price in the
 //! same transaction that shows it. A match that ends is finished and its bets settled by the
-//! result; the next upcoming event whose sides have nothing else within [`REST`] kicks off in
+//! result; the next upcoming event whose sides have nothing else within [`fixtures::REST`] kicks off in
 //! its place, and a new upcoming event is drawn in its league's hours between two sides free
 //! then, so the data set stays the same size and no side ever plays two matches at once.
 
@@ -19,9 +19,10 @@ use rand::{Rng, SeedableRng};
 use sqlx::{PgExecutor, PgPool};
 use tokio_util::sync::CancellationToken;
 
+use super::fixtures::{self, Fixtures, kick_off};
 use super::inplay::Matchup;
 use super::play::Play;
-use super::seed::{DRAWS, NewEvent, REST, horizon_days, insert_event, kick_off};
+use super::seed::{NewEvent, insert_event};
 use super::{Game, League, SPORTS, demo_sport, external_prices, league};
 
 /// How fast the simulator moves things.
@@ -327,28 +328,36 @@ async fn finish_and_replace(
     .execute(&mut *tx)
     .await?;
 
-    let next: Option<EventRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        event_row_columns!(),
-        " FROM (SELECT id FROM events e
-                 WHERE status = 'ACTIVE' AND event_type = 'upcoming'
-                   -- Kicked off now: neither side may have another event within REST of now.
-                   AND NOT EXISTS (SELECT 1 FROM events o
-                                    WHERE o.id <> e.id AND o.status = 'ACTIVE'
-                                      AND o.event_type IN ('live', 'upcoming')
-                                      AND o.sport IS NOT DISTINCT FROM e.sport
-                                      AND o.is_esports = e.is_esports
-                                      AND (o.team_a IN (e.team_a, e.team_b)
-                                           OR o.team_b IN (e.team_a, e.team_b))
-                                      AND o.start_time < now() + make_interval(secs => $1))
-                 ORDER BY start_time LIMIT 1 FOR UPDATE) picked
-          JOIN events e ON e.id = picked.id
-          LEFT JOIN outcomes o ON o.event_id = e.id
-         GROUP BY e.id"
-    ))
-    .bind(REST.as_seconds_f64())
-    .fetch_optional(&mut *tx)
-    .await?;
+    // The calendar after this match (it is past now); the next upcoming event kicks off
+    // now, the first whose sides have nothing else within REST of now.
+    let (mut fixtures, active) = Fixtures::load(&mut tx).await?;
+    let now = Utc::now();
+    let mut upcoming: Vec<&fixtures::Booked> = active.iter().filter(|e| e.upcoming).collect();
+    upcoming.sort_by_key(|e| (e.start_time.is_none(), e.start_time));
+    let next = upcoming.into_iter().find(|e| {
+        e.sides().is_none_or(|sides| {
+            fixtures.free(e.sport.as_deref(), e.is_esports, sides, now, e.start_time)
+        })
+    });
+    let next: Option<EventRow> = match next {
+        None => None,
+        Some(next) => {
+            if let Some(sides) = next.sides() {
+                fixtures.book(next.sport.as_deref(), next.is_esports, sides, now);
+            }
+            sqlx::query_as(concat!(
+                "SELECT ",
+                event_row_columns!(),
+                " FROM (SELECT id FROM events WHERE id = $1 FOR UPDATE) picked
+                  JOIN events e ON e.id = picked.id
+                  LEFT JOIN outcomes o ON o.event_id = e.id
+                 GROUP BY e.id"
+            ))
+            .bind(&next.id)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+    };
     if let Some(next) = next {
         let game = next.game();
         let kick_off = Play::start(game);
@@ -375,53 +384,17 @@ async fn finish_and_replace(
         .fetch_one(&mut *tx)
         .await?;
     let id = format!("evt-{count}-{:04x}", rng.random::<u16>());
-    let new_event = draw_upcoming(&mut tx, rng, id).await?;
+    // A new upcoming event, between two sides free then.
+    let sport = SPORTS.choose(rng).unwrap_or(&SPORTS[0]);
+    let drawn = fixtures::draw(&fixtures, sport, rng, |league, _, _, days, rng| {
+        (None, kick_off(now, league, 60, days, rng))
+    });
+    let Some((drawn, _)) = drawn else {
+        return Ok(tx.commit().await?);
+    };
+    let new_event = NewEvent { id, sport, drawn };
     insert_event(&mut tx, &new_event, rng).await?;
     tx.commit().await?;
     tracing::debug!(finished = event.id, created = %new_event.id, "event finished and replaced");
     Ok(())
-}
-
-/// A new upcoming event between two sides of one league, neither with another active event
-/// within [`REST`] of its start; the last of [`DRAWS`] draws when none is (more events than
-/// the calendars hold: the data set keeps its size).
-async fn draw_upcoming(
-    conn: &mut sqlx::PgConnection,
-    rng: &mut StdRng,
-    id: String,
-) -> anyhow::Result<NewEvent> {
-    let mut draw = 0;
-    loop {
-        draw += 1;
-        let sport = SPORTS.choose(rng).unwrap_or(&SPORTS[0]);
-        let league = sport.leagues.choose(rng).unwrap_or(&SPORTS[0].leagues[0]);
-        let (home, away) = league.draw_pair(rng);
-        let start_time = kick_off(Utc::now(), league, 60, horizon_days(draw - 1), rng);
-        let busy: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events
-                             WHERE status = 'ACTIVE' AND event_type IN ('live', 'upcoming')
-                               AND sport IS NOT DISTINCT FROM $1 AND is_esports = $2
-                               AND (team_a IN ($3, $4) OR team_b IN ($3, $4))
-                               AND abs(extract(epoch FROM start_time - $5)) < $6)",
-        )
-        .bind(sport.sport)
-        .bind(sport.is_esports)
-        .bind(home)
-        .bind(away)
-        .bind(start_time)
-        .bind(REST.as_seconds_f64())
-        .fetch_one(&mut *conn)
-        .await?;
-        if !busy || draw >= DRAWS {
-            return Ok(NewEvent {
-                id,
-                sport,
-                league,
-                home,
-                away,
-                play: None,
-                start_time,
-            });
-        }
-    }
 }

@@ -314,37 +314,17 @@ fn plausible(league: &League, matchup: &inplay::Matchup, play: &Play) -> Result<
                 return Err("goals".into());
             }
         }
-        (
-            Game::Points {
-                minutes,
-                points_per_team,
-                scoring,
-                ..
-            },
-            Play::Clock { minute, home, away },
-        ) => {
+        (Game::Points { scoring, .. }, Play::Clock { minute, home, away }) => {
             // Each side's points after `minute` minutes, as the simulator plays them (a score in
             // a minute with a chance that gives the side's expected points: the league's
             // average, moved by half the expected margin), within 5 standard deviations and
             // one score. A fixed band around the league average failed 1 run in 6: a strong
             // side 51 points up after 53 minutes is rare, not implausible, and 2 × 36 sides
             // are checked per run.
-            let half_margin = matchup.expected_margin() / 2.0;
-            let (size, rms) = play::score_size(scoring);
-            // Basketball has two possessions a minute, American football one chance.
-            let chances = if scoring == Scoring::Gridiron {
-                1.0
-            } else {
-                2.0
-            };
             let played = f64::from(minute);
-            for (points, per_game) in [
-                (home, points_per_team + half_margin),
-                (away, points_per_team - half_margin),
-            ] {
-                let per_minute = per_game.max(0.0) / f64::from(minutes);
-                let chance = (per_minute / chances / size).clamp(0.0, 1.0);
-                let variance = chances * (chance * rms * rms - (chance * size).powi(2));
+            let (home_rate, away_rate) = matchup.points_per_minute();
+            for (points, per_minute) in [(home, home_rate), (away, away_rate)] {
+                let variance = play::minute_points_variance(scoring, per_minute);
                 let (mean, sd) = (played * per_minute, (played * variance).sqrt());
                 let points = f64::from(points);
                 if (points - mean).abs() > 5.0 * sd + 7.0 {

@@ -72,6 +72,25 @@ impl Matchup {
         spread_per_rating * self.rating_difference + if self.home_venue { home_edge } else { 0.0 }
     }
 
+    /// Points each side expects a minute (Points games): the league's average moved by half
+    /// the expected margin, never below 0.
+    pub fn points_per_minute(&self) -> (f64, f64) {
+        let Game::Points {
+            minutes,
+            points_per_team,
+            ..
+        } = self.game
+        else {
+            return (0.0, 0.0);
+        };
+        let half_margin = self.expected_margin() / 2.0;
+        let per_minute = |points: f64| points.max(0.0) / f64::from(minutes.max(1));
+        (
+            per_minute(points_per_team + half_margin),
+            per_minute(points_per_team - half_margin),
+        )
+    }
+
     /// Probability that each side holds its serve (tennis).
     pub fn hold_rates(&self) -> (f64, f64) {
         let Game::Sets { hold } = self.game else {

@@ -206,31 +206,12 @@ impl Play {
                     away: away + u32::from(rng.random_bool(per_minute(away_rate))),
                 }
             }
-            (
-                Play::Clock { minute, home, away },
-                Game::Points {
-                    minutes,
-                    points_per_team,
-                    scoring,
-                    ..
-                },
-            ) => {
-                let half_margin = matchup.expected_margin() / 2.0;
-                let per_minute = |points: f64| points.max(0.0) / f64::from(minutes.max(1));
+            (Play::Clock { minute, home, away }, Game::Points { scoring, .. }) => {
+                let (home_rate, away_rate) = matchup.points_per_minute();
                 Play::Clock {
                     minute: minute + 1,
-                    home: home
-                        + points_in_a_minute(
-                            scoring,
-                            per_minute(points_per_team + half_margin),
-                            rng,
-                        ),
-                    away: away
-                        + points_in_a_minute(
-                            scoring,
-                            per_minute(points_per_team - half_margin),
-                            rng,
-                        ),
+                    home: home + points_in_a_minute(scoring, home_rate, rng),
+                    away: away + points_in_a_minute(scoring, away_rate, rng),
                 }
             }
             (Play::Series { won, current }, Game::Sets { .. }) => {
@@ -367,33 +348,55 @@ pub fn score_size(scoring: Scoring) -> (f64, f64) {
     }
 }
 
-/// Points one side scores in a minute in which it expects `expected` points.
+/// Points one side scores in a minute in which it expects `expected` points: each of its
+/// chances ([`chances_a_minute`]) scores with [`scoring_chance`], worth what the sport's
+/// scores are worth ([`score_size`]).
 fn points_in_a_minute(scoring: Scoring, expected: f64, rng: &mut impl Rng) -> u32 {
-    match scoring {
-        Scoring::Basketball => {
-            // Two possessions; a scoring one is worth 3 (30%), 2 (62%) or 1 (8%).
-            let scores = (expected / 2.0 / score_size(scoring).0).clamp(0.0, 1.0);
-            let mut points = 0;
-            for _ in 0..2 {
-                if rng.random_bool(scores) {
-                    points += match rng.random_range(0..100) {
-                        0..30 => 3,
-                        30..92 => 2,
-                        _ => 1,
-                    };
+    let chance = scoring_chance(scoring, expected);
+    let mut points = 0;
+    for _ in 0..chances_a_minute(scoring) {
+        if rng.random_bool(chance) {
+            points += match scoring {
+                // 3 (30%), 2 (62%) or 1 (8%).
+                Scoring::Basketball => match rng.random_range(0..100) {
+                    0..30 => 3,
+                    30..92 => 2,
+                    _ => 1,
+                },
+                // A touchdown with the extra point (60%) or a field goal.
+                Scoring::Gridiron => {
+                    if rng.random_bool(0.6) {
+                        7
+                    } else {
+                        3
+                    }
                 }
-            }
-            points
-        }
-        Scoring::Gridiron => {
-            // A touchdown with the extra point (60%) or a field goal.
-            if rng.random_bool((expected / score_size(scoring).0).clamp(0.0, 1.0)) {
-                if rng.random_bool(0.6) { 7 } else { 3 }
-            } else {
-                0
-            }
+            };
         }
     }
+    points
+}
+
+/// Scoring chances a side has in a minute: two possessions in basketball, one drive's end in
+/// American football.
+fn chances_a_minute(scoring: Scoring) -> u32 {
+    match scoring {
+        Scoring::Basketball => 2,
+        Scoring::Gridiron => 1,
+    }
+}
+
+/// The chance that one of them scores, in a minute in which the side expects `expected`.
+fn scoring_chance(scoring: Scoring, expected: f64) -> f64 {
+    (expected / f64::from(chances_a_minute(scoring)) / score_size(scoring).0).clamp(0.0, 1.0)
+}
+
+/// The variance of the points a side scores in a minute in which it expects `expected`, as
+/// [`Play::step`] plays it (the mean is `expected`, while no chance is certain).
+pub fn minute_points_variance(scoring: Scoring, expected: f64) -> f64 {
+    let (size, rms) = score_size(scoring);
+    let chance = scoring_chance(scoring, expected);
+    f64::from(chances_a_minute(scoring)) * (chance * rms * rms - (chance * size).powi(2))
 }
 
 /// A series once its current unit (set, map) stands at `current`: a side that took the unit
@@ -453,6 +456,29 @@ mod tests {
         assert_eq!(Play::parse(nba, "YES", "Q1", "12:00"), None);
         let cs2 = league(None, true, "CS2 Major").unwrap().game;
         assert_eq!(Play::parse(cs2, "0-0", "Map 1", "99999-0"), None);
+    }
+
+    #[test]
+    fn a_minutes_points_have_the_mean_and_variance_the_tests_bound_them_by() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for (scoring, expected) in [
+            (Scoring::Basketball, 114.0 / 48.0),
+            (Scoring::Gridiron, 22.0 / 60.0),
+            (Scoring::Gridiron, 30.0 / 60.0),
+        ] {
+            let samples: Vec<f64> = (0..200_000)
+                .map(|_| f64::from(points_in_a_minute(scoring, expected, &mut rng)))
+                .collect();
+            let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+            let variance =
+                samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / samples.len() as f64;
+            let model = minute_points_variance(scoring, expected);
+            assert!((mean - expected).abs() < 0.02, "{scoring:?}: mean {mean}");
+            assert!(
+                (variance / model - 1.0).abs() < 0.03,
+                "{scoring:?}: variance {variance} against {model}"
+            );
+        }
     }
 
     #[test]

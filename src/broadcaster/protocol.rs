@@ -224,15 +224,34 @@ pub enum Upsert<'a> {
     Changes(&'a Value),
 }
 
+/// The server's clock at one instant, in `welcome`, `pong` and `latency` replies: Unix
+/// milliseconds (`serverTime`) and the same instant in microseconds (`serverTimeUs`), with
+/// which a client on a fast network estimates its clock offset to well below a millisecond.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerTime {
+    server_time: i64,
+    server_time_us: i64,
+}
+
+impl ServerTime {
+    /// The instant `us` (Unix microseconds).
+    pub fn at_us(us: i64) -> Self {
+        Self {
+            server_time: us.div_euclid(1000),
+            server_time_us: us,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ServerMessage<'a> {
     #[serde(rename_all = "camelCase")]
     Welcome {
         client_id: &'a str,
-        server_time: i64,
-        /// The same instant in microseconds.
-        server_time_us: i64,
+        #[serde(flatten)]
+        time: ServerTime,
         heartbeat_ms: u64,
     },
     Subscribed {
@@ -277,10 +296,8 @@ pub enum ServerMessage<'a> {
     },
     #[serde(rename_all = "camelCase")]
     Pong {
-        server_time: i64,
-        /// The same instant in microseconds: a client on a fast network estimates its clock
-        /// offset to well below a millisecond with it.
-        server_time_us: i64,
+        #[serde(flatten)]
+        time: ServerTime,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
     },
@@ -299,12 +316,12 @@ pub enum ServerMessage<'a> {
     Latency {
         recorded: bool,
         /// Why the value was not recorded ([`ImplausibleLatency::label`]); absent when it was,
-        /// or when another report was recorded less than a second ago.
+        /// or when another report was taken less than 0.9 s before.
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<&'static str>,
         /// As in `pong`: a report is also a ping for the client's clock offset.
-        server_time: i64,
-        server_time_us: i64,
+        #[serde(flatten)]
+        time: ServerTime,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
     },
@@ -477,8 +494,7 @@ mod tests {
         );
         let text = ServerMessage::Welcome {
             client_id: "c1",
-            server_time: 9,
-            server_time_us: 9_123,
+            time: ServerTime::at_us(9_123),
             heartbeat_ms: 25000,
         }
         .to_json();
@@ -487,8 +503,7 @@ mod tests {
             r#"{"type":"welcome","clientId":"c1","serverTime":9,"serverTimeUs":9123,"heartbeatMs":25000}"#
         );
         let text = ServerMessage::Pong {
-            server_time: 9,
-            server_time_us: 9_123,
+            time: ServerTime::at_us(9_123),
             id: None,
         }
         .to_json();
@@ -499,8 +514,7 @@ mod tests {
         let text = ServerMessage::Latency {
             recorded: false,
             reason: Some(ImplausibleLatency::TooLarge.label()),
-            server_time: 9,
-            server_time_us: 9_123,
+            time: ServerTime::at_us(9_123),
             id: None,
         }
         .to_json();

@@ -36,7 +36,8 @@ use super::frame::WireFrame;
 use super::inflate::InflateRead;
 use super::outbox::{Closing, Outbound, Outbox, OutboxLimits};
 use super::protocol::{
-    ErrorCode, LatencyReport, Rejection, Request, RequestKind, ServerMessage, parse_request,
+    ErrorCode, LatencyReport, Rejection, Request, RequestKind, ServerMessage, ServerTime,
+    parse_request,
 };
 use super::room_name::OddsRoom;
 use super::rooms::{ClientId, Hub, SessionHandle, WireFormat};
@@ -370,11 +371,9 @@ pub async fn run(
         last_rate_error: None,
         last_latency: None,
     };
-    let server_time_us = now_us();
     session.reply(ServerMessage::Welcome {
         client_id: &client_id,
-        server_time: server_time_us.div_euclid(1000),
-        server_time_us,
+        time: ServerTime::at_us(now_us()),
         heartbeat_ms: limits.ping_interval.as_millis() as u64,
     });
     if let Some(token) = token {
@@ -602,14 +601,10 @@ impl Session {
                     id,
                 });
             }
-            RequestKind::Ping => {
-                let server_time_us = now_us();
-                self.reply(ServerMessage::Pong {
-                    server_time: server_time_us.div_euclid(1000),
-                    server_time_us,
-                    id,
-                })
-            }
+            RequestKind::Ping => self.reply(ServerMessage::Pong {
+                time: ServerTime::at_us(now_us()),
+                id,
+            }),
             RequestKind::Latency(report) => self.take_latency(report, id),
         }
     }
@@ -637,12 +632,10 @@ impl Session {
                 }
             }
         };
-        let server_time_us = now_us();
         self.reply(ServerMessage::Latency {
             recorded,
             reason,
-            server_time: server_time_us.div_euclid(1000),
-            server_time_us,
+            time: ServerTime::at_us(now_us()),
             id,
         });
     }

@@ -273,8 +273,7 @@ async fn connection(
     });
     let (router, trusted) = (shared.router.clone(), shared.trusted.clone());
     let place = Arc::new(Place {
-        slot: Mutex::new(Some(slot)),
-        session: Mutex::new(None),
+        state: Mutex::new(PlaceState::Pending { _slot: slot }),
         evicted: evicted.clone(),
         shared: shared.clone(),
     });
@@ -348,20 +347,25 @@ impl Drop for InFlight {
 
 /// A connection's place: pending until it upgrades or ends, unless it serves a session.
 struct Place {
-    slot: Mutex<Option<PendingSlot>>,
-    /// The session this connection serves, while it is out of the pending cap for it.
-    session: Mutex<Option<Arc<str>>>,
+    state: Mutex<PlaceState>,
     /// Cancelled when a newer connection takes this one's pending place.
     evicted: CancellationToken,
     shared: Arc<Shared>,
+}
+
+enum PlaceState {
+    /// Under the pending cap, in this place (given back when dropped).
+    Pending { _slot: PendingSlot },
+    /// Out of the pending cap, serving this session.
+    Session(Arc<str>),
 }
 
 impl Place {
     /// Leaves the pending cap for `session`, unless the session has its share already (then
     /// the connection stays pending, and may be evicted as any other).
     fn join_session(&self, session: &str) {
-        let mut mine = lock(&self.session);
-        if mine.is_some() {
+        let mut state = lock(&self.state);
+        if matches!(*state, PlaceState::Session(_)) {
             return;
         }
         let session: Arc<str> = Arc::from(session);
@@ -374,38 +378,41 @@ impl Place {
             *count += 1;
             gauge!(m::HTTP_SESSION_CONNECTIONS).increment(1.0);
         }
-        *mine = Some(session);
         // The pending place goes back (and the connection can no longer be evicted).
-        drop(lock(&self.slot).take());
+        *state = PlaceState::Session(session);
     }
 
     /// Back under the pending cap (its session turned out not to exist, or ended).
     fn leave_session(&self) {
-        if self.release_session() {
-            *lock(&self.slot) = Some(self.shared.pending.register(self.evicted.clone()));
+        let mut state = lock(&self.state);
+        if let PlaceState::Session(session) = &*state {
+            self.shared.release(session);
+            *state = PlaceState::Pending {
+                _slot: self.shared.pending.register(self.evicted.clone()),
+            };
         }
-    }
-
-    /// Gives the session's share back; whether the connection had one.
-    fn release_session(&self) -> bool {
-        let Some(session) = lock(&self.session).take() else {
-            return false;
-        };
-        let mut sessions = lock(&self.shared.sessions);
-        if let Some(count) = sessions.get_mut(&session) {
-            *count -= 1;
-            if *count == 0 {
-                sessions.remove(&session);
-            }
-        }
-        gauge!(m::HTTP_SESSION_CONNECTIONS).decrement(1.0);
-        true
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.release_session();
+        if let PlaceState::Session(session) = &*lock(&self.state) {
+            self.shared.release(session);
+        }
+    }
+}
+
+impl Shared {
+    /// Gives a connection's share of `session` back.
+    fn release(&self, session: &Arc<str>) {
+        let mut sessions = lock(&self.sessions);
+        if let Some(count) = sessions.get_mut(session) {
+            *count -= 1;
+            if *count == 0 {
+                sessions.remove(session);
+            }
+        }
+        gauge!(m::HTTP_SESSION_CONNECTIONS).decrement(1.0);
     }
 }
 
@@ -434,6 +441,16 @@ struct PendingInner {
     next: u64,
     /// Arrival number → when it came and the token that closes the connection.
     open: BTreeMap<u64, (Instant, CancellationToken)>,
+}
+
+impl PendingInner {
+    /// Enters a connection as the newest, arriving now; returns its number.
+    fn enlist(&mut self, evicted: &CancellationToken) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.open.insert(id, (Instant::now(), evicted.clone()));
+        id
+    }
 }
 
 impl Pending {
@@ -493,9 +510,7 @@ impl Pending {
     /// the connection is there already).
     fn register(self: &Arc<Self>, evicted: CancellationToken) -> PendingSlot {
         let mut inner = self.lock();
-        let id = inner.next;
-        inner.next += 1;
-        inner.open.insert(id, (Instant::now(), evicted.clone()));
+        let id = inner.enlist(&evicted);
         gauge!(m::HTTP_PENDING_CONNECTIONS).set(inner.open.len() as f64);
         PendingSlot {
             pending: self.clone(),
@@ -509,11 +524,7 @@ impl Pending {
     fn arrived(&self, slot: &mut PendingSlot) {
         let mut inner = self.lock();
         inner.open.remove(&slot.id);
-        slot.id = inner.next;
-        inner.next += 1;
-        inner
-            .open
-            .insert(slot.id, (Instant::now(), slot.evicted.clone()));
+        slot.id = inner.enlist(&slot.evicted);
     }
 
     fn evict_oldest(&self) {

@@ -423,10 +423,19 @@ export class OddsFeedClient {
   /** The clock sample of a reply to `sendTimed`; false for any other message. */
   takeClockSample(msg) {
     const sentAt = this.pings.get(msg.id);
-    if (sentAt === undefined || !(Number.isFinite(msg.serverTimeUs) || Number.isFinite(msg.serverTime))) return false;
+    if (sentAt === undefined) return false;
     this.pings.delete(msg.id);
+    return this.addClockSample(sentAt, msg);
+  }
+
+  /**
+   * A clock sample from `msg`, stamped by the server (`serverTimeUs`, `serverTime`) between
+   * our `sentAt` and now; false when it carries no time.
+   */
+  addClockSample(sentAt, msg) {
     const [serverTime, resolution] = serverInstant(msg.serverTimeUs, msg.serverTime);
-    this.addClockSample(offsetSample(sentAt, serverTime, this.now(), resolution, this.clockResolutionMs));
+    if (!Number.isFinite(serverTime)) return false;
+    this.clock.add(offsetSample(sentAt, serverTime, this.now(), resolution, this.clockResolutionMs));
     return true;
   }
 
@@ -440,10 +449,6 @@ export class OddsFeedClient {
     if (now - this.lastResync < RESYNC_MIN_GAP_MS) return;
     this.lastResync = now;
     this.ping();
-  }
-
-  addClockSample(sample) {
-    this.clock.add(sample);
   }
 
   /** Server clock minus ours now, in ms (0 before the first sample). */
@@ -483,13 +488,8 @@ export class OddsFeedClient {
         this.clientId = msg.clientId;
         // Maybe another server, with another clock: start over. The welcome was stamped
         // between our connect and now, a wide interval that the first pong narrows.
-        const [serverTime, resolution] = serverInstant(msg.serverTimeUs, msg.serverTime);
         this.clock.reset();
-        if (Number.isFinite(serverTime)) {
-          this.addClockSample(
-            offsetSample(this.connectStartedAt, serverTime, this.now(), resolution, this.clockResolutionMs),
-          );
-        }
+        this.addClockSample(this.connectStartedAt, msg);
         break;
       }
       case "latency":

@@ -143,7 +143,7 @@ async fn every_panel_expression_is_valid_and_returns_series() {
     while Instant::now() < until {
         client.send(json!({"type": "latency", "ms": ms})).await;
         ms += 1.0;
-        // Keep reading (the room is busy) for just over a second: one report per 0.9 s counts.
+        // Keep reading (the room is busy) for just over a second: one report a second counts.
         let next = Instant::now() + Duration::from_millis(1050);
         while Instant::now() < next {
             client

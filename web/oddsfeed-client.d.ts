@@ -49,7 +49,7 @@ export interface OddsFeedOptions {
   maxBackoffMs?: number;
   /** Window of the latency percentiles in ms (default 60000). */
   latencyWindowMs?: number;
-  /** Report measured latency to the server once a second (default true); each reply syncs the clock. */
+  /** Report measured latency to the server every 1.1 s (default true); each reply syncs the clock. */
   reportLatency?: boolean;
   /**
    * Ping for the clock offset when nothing has synced it for this long, in ms (default 10000;

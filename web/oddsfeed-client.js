@@ -11,13 +11,13 @@
 // (the server replays what was missed, or sends a snapshot), resubscribes when it sees a seq
 // gap, keeps every room's events, estimates the server clock offset from its pings, measures
 // publish-to-receive latency below the millisecond (from about 1.5 s after connecting, once
-// the first pings are back) and reports it to the server once a second.
+// the first pings are back) and reports it to the server every 1.1 s.
 //
 // The latency is only as good as the clock offset. Each ping gives an interval the server's
 // clock was in (it stamped `serverTimeUs` between our send and our receive), so the offset is
 // the interval's middle, within half the round trip (NTP's reasoning); the narrowest is used
 // (NTP's clock filter). The replies to latency reports carry the
-// server's time too, so a page that reports once a second also syncs once a second. Reports
+// server's time too, so a page that reports every 1.1 s also syncs that often. Reports
 // and pings go out from a timer, not while a message is being handled: a reply that arrives
 // while the page renders waits for it, and its round trip (its width) with it. The two
 // clocks run at different rates (the server's wall clock is slewed by NTP, up to 0.05 %, and a
@@ -39,8 +39,9 @@ const DEFAULTS = {
   clockSyncIntervalMs: 10000,
 };
 
-/** The timer that sends the latest latency report, or a ping when one is due. */
-const CLOCK_TICK_MS = 1000;
+/** The timer that sends the latest latency report, or a ping when one is due: a little over
+ * the second the server asks between two reports, so that jitter never makes one early. */
+const CLOCK_TICK_MS = 1100;
 
 /** Round trips kept for the clock offset and rate: the last 16, over 2 minutes at most. */
 const CLOCK_SAMPLES = 16;
@@ -393,7 +394,7 @@ export class OddsFeedClient {
   }
 
   /**
-   * What the clock timer does once a second: sends the latest latency measured since the last
+   * What the clock timer does every 1.1 s: sends the latest latency measured since the last
    * report (its reply is a clock sample), else a ping when `clockSyncIntervalMs` has passed
    * since the last sample was asked for.
    */

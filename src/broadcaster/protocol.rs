@@ -316,7 +316,7 @@ pub enum ServerMessage<'a> {
     Latency {
         recorded: bool,
         /// Why the value was not recorded ([`ImplausibleLatency::label`]); absent when it was,
-        /// or when another report was taken less than 0.9 s before.
+        /// or when another report was taken less than a second before.
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<&'static str>,
         /// As in `pong`: a report is also a ping for the client's clock offset.

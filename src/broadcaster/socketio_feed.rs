@@ -13,6 +13,7 @@
 //! odds message is replaced by the whole book (counted), which is what the earlier relay sent
 //! every 500 ms anyway.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -142,7 +143,7 @@ pub struct Feed {
     /// An item was dropped: the next odds message goes out as the whole book.
     pub lost: bool,
     /// Events removed by odds items that were dropped (by id), announced with the next reset.
-    pub removed: std::collections::HashMap<String, Event>,
+    pub removed: HashMap<String, Event>,
 }
 
 /// The Socket.IO task's end of the queue.
@@ -178,7 +179,7 @@ impl Feed {
                 bytes: bytes.clone(),
                 max_bytes,
                 lost: false,
-                removed: std::collections::HashMap::new(),
+                removed: HashMap::new(),
             },
             FeedReceiver { rx, bytes },
         )
